@@ -71,6 +71,9 @@ class SDConfig:
     ce_depth, basis_depth, quant_depth, act_depth, out_depth : int
         Depths (in words) of the coefficient, basis, bias/requantization, activation
         and output memories.
+    acc_depth : int
+        Accumulators per lane: output positions (pixels x batch) one pass of a group
+        can hold; a layer with more positions is processed in position tiles.
     """
 
     basis_size: int = 3
@@ -93,6 +96,7 @@ class SDConfig:
     quant_depth: int = 256
     act_depth: int = 4096
     out_depth: int = 4096
+    acc_depth: int = 256
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self):
@@ -114,6 +118,7 @@ class SDConfig:
             ("quant_depth", 1, 1 << 24),
             ("act_depth", 1, 1 << 24),
             ("out_depth", 1, 1 << 24),
+            ("acc_depth", 1, 1 << 20),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -275,6 +280,36 @@ class SDConfig:
         return (1 << (self.acc_bits - 1)) - 1
 
     @property
+    def max_groups(self) -> int:
+        """Most lane groups one layer can have (one quant word per output channel)."""
+        return -(-self.quant_depth // self.lanes)
+
+    @property
+    def group_bits(self) -> int:
+        """Width of a group index / group count (0 ... max_groups)."""
+        return _bits_for(self.max_groups)
+
+    @property
+    def max_blocks(self) -> int:
+        """Most basis blocks one filter can have."""
+        return -(-self.max_rows // self.block_rows)
+
+    @property
+    def block_bits(self) -> int:
+        """Width of a block index (0 ... max_blocks - 1)."""
+        return max(1, _clog2(self.max_blocks))
+
+    @property
+    def lane_bits(self) -> int:
+        """Width of a lane index."""
+        return max(1, _clog2(self.lanes))
+
+    @property
+    def acc_addr_bits(self) -> int:
+        """Width of an accumulator (output position) address."""
+        return max(1, _clog2(self.acc_depth))
+
+    @property
     def group_size(self) -> int:
         """Filters per structural-sparsity group (the lanes that run in lock-step)."""
         return self.lanes
@@ -323,10 +358,10 @@ class SDConfig:
 PRESETS: dict[str, SDConfig] = {
     # Fits an iCE40 UP5K / HX8K: two lanes, small memories.
     "tiny": SDConfig(lanes=2, max_rows=255, block_rows=96, ce_depth=512, basis_depth=128,
-                     quant_depth=64, act_depth=1024, out_depth=1024),
+                     quant_depth=64, act_depth=1024, out_depth=1024, acc_depth=64),
     "default": SDConfig(),
     "large": SDConfig(lanes=16, max_rows=4095, ce_depth=8192, basis_depth=2048,
-                      quant_depth=1024, act_depth=16384, out_depth=16384),
+                      quant_depth=1024, act_depth=16384, out_depth=16384, acc_depth=1024),
 }
 
 
