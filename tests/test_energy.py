@@ -1,0 +1,112 @@
+"""Energy model: per-width rules and hand-checked totals on small counts."""
+
+import dataclasses
+import math
+
+import pytest
+
+from golden.energy import (HOROWITZ_45NM, AccelCounts, EnergyTable, counts_from_counters,
+                           dense_widths, energy, energy_ratio, network_counts, sd_widths)
+from hw.config import SDConfig
+
+T = HOROWITZ_45NM
+
+
+def test_table_reproduces_published_points():
+    assert T.add_pj(8) == pytest.approx(0.03)
+    assert T.add_pj(32) == pytest.approx(0.1)
+    assert T.mult_pj(8, 8) == pytest.approx(0.2)
+    # Product-of-widths rule stays within 5 % of the table's 32-bit multiply.
+    assert T.mult_pj(32, 32) == pytest.approx(T.mult32_pj, rel=0.05)
+    assert T.sram_pj(32) == pytest.approx(5.0)
+    assert T.dram_pj(32) == pytest.approx(640.0)
+
+
+def test_width_rules_are_monotonic_and_shift_is_add_class():
+    adds = [T.add_pj(n) for n in range(1, 65)]
+    assert all(a < b for a, b in zip(adds, adds[1:]))
+    assert T.add_pj(16) == pytest.approx(0.03 + 8 * 0.07 / 24)
+    assert T.shift_pj(15) == T.add_pj(15)
+    assert T.mult_pj(17, 8) == pytest.approx(0.2 * 17 / 8)
+
+
+def test_hand_checked_energy_dram_and_onchip():
+    # 10 words of 64 bits, 4 basis words of 72 bits, 100 act reads of 24 bits,
+    # 8 output writes of 8 bits, 30 shifts to 15 bits, 20 adds of 17 bits,
+    # 300 MACs of 17x8 bits into 32, 8 requants with 16-bit multipliers.
+    c = AccelCounts(weight_words=10, weight_word_bits=64, basis_words=4, basis_word_bits=72,
+                    act_reads=100, act_word_bits=24, out_writes=8, out_word_bits=8,
+                    shifts=30, shift_bits=15, adds=20, add_bits=17, macs=300,
+                    mac_weight_bits=17, act_bits=8, acc_bits=32, requants=8, mult_bits=16)
+    bits = 10 * 64 + 4 * 72
+    dram = energy(c, "dram")
+    assert dram.weight_memory_pj == pytest.approx(bits * 20.0)
+    assert dram.activation_pj == pytest.approx(100 * 24 * 10 / 64)
+    assert dram.output_pj == pytest.approx(8 * 8 * 10 / 64)
+    add15 = 0.03 + 7 * 0.07 / 24
+    add17 = 0.03 + 9 * 0.07 / 24
+    assert dram.rebuild_pj == pytest.approx(30 * add15 + 20 * add17)
+    assert dram.mac_pj == pytest.approx(300 * (0.2 * 17 * 8 / 64 + 0.1))
+    assert dram.requant_pj == pytest.approx(8 * (0.2 * 32 * 16 / 64 + 0.1))
+    onchip = energy(c, "onchip")
+    assert onchip.weight_memory_pj == pytest.approx(bits * 10 / 64)
+    assert onchip.total_pj - onchip.weight_memory_pj == pytest.approx(
+        dram.total_pj - dram.weight_memory_pj)
+    assert dram.as_dict()["total_pj"] == pytest.approx(dram.total_pj)
+
+
+def test_ratio_is_dense_over_sd():
+    dense = AccelCounts(weight_words=2, weight_word_bits=32, act_reads=0, act_word_bits=24,
+                        macs=0, mac_weight_bits=8, act_bits=8, acc_bits=32)
+    sd = dataclasses.replace(dense, weight_words=1)
+    assert energy_ratio(dense, sd, "dram") == pytest.approx(2.0)
+    assert energy_ratio(sd, dense, "onchip") == pytest.approx(0.5)
+
+
+def test_network_sum_and_width_mismatch():
+    a = AccelCounts(weight_words=1, weight_word_bits=64, act_reads=2, act_word_bits=24,
+                    macs=3, mac_weight_bits=8, act_bits=8, acc_bits=32, name="a")
+    b = dataclasses.replace(a, weight_words=5, name="b")
+    total = network_counts([a, b])
+    assert (total.weight_words, total.act_reads, total.macs) == (6, 4, 6)
+    assert energy(total).total_pj == pytest.approx(energy(a).total_pj + energy(b).total_pj)
+    with pytest.raises(ValueError, match="weight_word_bits differs"):
+        network_counts([a, dataclasses.replace(b, weight_word_bits=32)])
+    with pytest.raises(ValueError, match="at least one layer"):
+        network_counts([])
+
+
+def test_widths_follow_config_and_counters_map():
+    cfg = SDConfig()
+    sd = counts_from_counters({"weight_reads": 3, "act_reads": 4, "macs": 5, "shifts": 6},
+                              sd_widths(cfg), name="fc")
+    assert sd.weight_word_bits == cfg.ce_word_width
+    assert sd.mac_weight_bits == cfg.rebuilt_weight_bits
+    assert sd.shifts == 6 and sd.weight_words == 3
+    dense = counts_from_counters({"weight_words": 3, "act_reads": 4, "macs": 5},
+                                 dense_widths(cfg), name="fc")
+    assert dense.weight_word_bits == cfg.lanes * cfg.basis_size * 8
+    assert dense.mac_weight_bits == 8
+    with pytest.raises(ValueError, match="unknown counter 'cycles'"):
+        counts_from_counters({"cycles": 1, "weight_words": 1, "act_reads": 1, "macs": 1},
+                             sd_widths(cfg))
+    with pytest.raises(ValueError, match=r"\['macs'\] are required"):
+        counts_from_counters({"weight_words": 1, "act_reads": 1}, sd_widths(cfg))
+
+
+@pytest.mark.parametrize("bad, exc", [({"macs": -1}, ValueError), ({"macs": 1.5}, TypeError),
+                                      ({"act_bits": 0}, ValueError)])
+def test_bad_counts_are_rejected(bad, exc):
+    base = dict(weight_words=1, weight_word_bits=64, act_reads=2, act_word_bits=24, macs=3,
+                mac_weight_bits=8, act_bits=8, acc_bits=32)
+    with pytest.raises(exc):
+        AccelCounts(**{**base, **bad})
+
+
+def test_bad_table_and_scenario():
+    with pytest.raises(ValueError, match="dram64_pj"):
+        EnergyTable(dram64_pj=math.nan)
+    c = AccelCounts(weight_words=1, weight_word_bits=64, act_reads=2, act_word_bits=24,
+                    macs=3, mac_weight_bits=8, act_bits=8, acc_bits=32)
+    with pytest.raises(ValueError, match="unknown energy scenario 'hbm'"):
+        energy(c, "hbm")
