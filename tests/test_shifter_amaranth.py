@@ -1,0 +1,97 @@
+"""Fast Amaranth-simulator unit tests of `hw.shifter` (the cocotb/Verilator test is
+``tb/test_shifter.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from golden.intops import shift_pow2
+from hw.config import PRESETS, SDConfig
+from hw.shifter import Pow2Shift, Pow2Shifter
+
+NARROW = SDConfig(basis_bits=6, exp_min=-3, exp_max=0)
+
+
+def test_rejects_non_config():
+    with pytest.raises(TypeError, match="config must be an SDConfig, got dict"):
+        Pow2Shift({"basis_bits": 8})
+    with pytest.raises(TypeError, match="SDConfig"):
+        Pow2Shifter("default")
+
+
+def test_port_widths_come_from_config():
+    c = PRESETS["default"]
+    core = Pow2Shift(c)
+    assert core.value.shape().width == c.basis_bits and core.value.shape().signed
+    assert core.shift.shape().width == c.shift_code_bits
+    assert core.result.shape().width == c.shifted_bits and core.result.shape().signed
+
+
+@pytest.mark.parametrize("config", [NARROW, PRESETS["default"]], ids=["b6_e4", "default"])
+def test_core_exhaustive(config):
+    dut = Pow2Shift(config)
+    values = np.arange(config.basis_min, config.basis_max + 1)
+    v, s, k = (a.ravel() for a in np.meshgrid(values, [0, 1], np.arange(config.max_shift + 1)))
+    expected = shift_pow2(v, s, k).tolist()
+    mismatches = []
+
+    async def bench(ctx):
+        for vi, si, ki, ei in zip(v.tolist(), s.tolist(), k.tolist(), expected):
+            ctx.set(dut.value, vi)
+            ctx.set(dut.sign, si)
+            ctx.set(dut.shift, ki)
+            for enable, want in ((1, ei), (0, 0)):
+                ctx.set(dut.enable, enable)
+                got = ctx.get(dut.result)
+                if got != want:
+                    mismatches.append((vi, si, ki, enable, want, got))
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not mismatches, f"(value, sign, shift, enable, expected, got): {mismatches[:5]}"
+
+
+def test_stream_stage_latency_and_backpressure():
+    config = NARROW
+    dut = Pow2Shifter(config)
+    ops = [(-32, 1, 3), (31, 0, 3), (-1, 0, 0), (5, 1, 2)]
+    expected = shift_pow2(*map(np.array, zip(*ops))).tolist()
+    log = []
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        # One operand per cycle at full throughput, result one cycle later.
+        for cycle, (value, sign, shift) in enumerate(ops):
+            ctx.set(dut.i.payload, {"value": value, "sign": sign, "shift": shift, "enable": 1})
+            ctx.set(dut.i.valid, 1)
+            assert ctx.get(dut.i.ready)
+            await ctx.tick()
+            assert ctx.get(dut.o.valid)
+            log.append(ctx.get(dut.o.payload.result))
+        ctx.set(dut.i.valid, 0)
+        await ctx.tick()
+        assert not ctx.get(dut.o.valid)
+        # Back-pressure: a held result stays valid and stable, and input is refused.
+        ctx.set(dut.i.payload, {"value": 3, "sign": 1, "shift": 1, "enable": 1})
+        ctx.set(dut.i.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.o.ready, 0)
+        ctx.set(dut.i.payload, {"value": 7, "sign": 0, "shift": 0, "enable": 1})
+        for _ in range(3):
+            assert ctx.get(dut.o.valid) and ctx.get(dut.o.payload.result) == -6
+            assert not ctx.get(dut.i.ready)
+            await ctx.tick()
+        ctx.set(dut.o.ready, 1)
+        assert ctx.get(dut.i.ready)  # the register empties this cycle: take the next one
+        await ctx.tick()
+        assert ctx.get(dut.o.payload.result) == 7
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert log == expected
+    assert Pow2Shifter.LATENCY == 1
