@@ -76,7 +76,7 @@ VERILATOR_ARGS: tuple[str, ...] = (
 )
 
 # Bump when the harness changes how it builds, to invalidate every cached build.
-_HARNESS_VERSION = "2"
+_HARNESS_VERSION = "3"
 _STAMP = ".smartdeal-built.json"
 
 
@@ -168,7 +168,7 @@ def _make_runner(timeout_s: float | None, forced_env: Mapping[str, str]):
                 is_make = cmd[0] == "make"
                 if is_make:
                     runtime = _RuntimeCache(Path(self.build_dir), self.env)
-                    runtime.seed()
+                    runtime.seed(stdout)
                 try:
                     result = subprocess.run(cmd, cwd=cwd, env=self.env, check=False,
                                             stdout=stdout, stderr=stderr, timeout=timeout_s)
@@ -177,8 +177,6 @@ def _make_runner(timeout_s: float | None, forced_env: Mapping[str, str]):
                 if result.returncode != 0:
                     raise RuntimeError(f"command {cmd[0]} failed with return code "
                                        f"{result.returncode}")
-                if is_make:
-                    runtime.store()
 
     return _Verilator()
 
@@ -187,8 +185,9 @@ class _RuntimeCache:
     """Shares Verilator's runtime objects (``verilated*.o``) between build folders.
 
     They are the same for every design built with the same flags and take ~85 % of a
-    small design's build (``verilated_vpi.o`` alone ~6 s), so they are compiled once and
-    copied into each new build folder before ``make`` runs; ``make`` then finds them newer
+    small design's build (``verilated_vpi.o`` alone ~6 s), so they are compiled once (the
+    first build compiles them under a lock, concurrent builds wait) and copied into each
+    new build folder before ``make`` runs; ``make`` then finds them newer
     than their sources and only compiles the design.  The cache key is the exact compile
     command ``make -n`` reports for them plus the compiler version, so different flags
     (e.g. tracing) or another compiler get their own entry.
@@ -196,6 +195,7 @@ class _RuntimeCache:
 
     def __init__(self, build_dir: Path, env: Mapping[str, str]):
         self.build_dir = build_dir
+        self.env = env
         self.objects = self._global_objects()
         dry = subprocess.run(["make", "-n", "-f", "Vtop.mk", *self.objects], cwd=build_dir,
                              env=env, capture_output=True, text=True, check=False).stdout
@@ -211,24 +211,37 @@ class _RuntimeCache:
             names += block.split()[::2]
         return [f"{n}.o" for n in names]
 
-    def seed(self) -> None:
-        if not self.objects or not all((self.dir / o).is_file() for o in self.objects):
+    def _cached(self) -> bool:
+        return all((self.dir / o).is_file() for o in self.objects)
+
+    def seed(self, stdout=None) -> None:
+        """Copy the cached objects in, compiling them first (once, under a lock) if needed."""
+        if not self.objects:
             return
+        if not self._cached():
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.dir.with_name(self.dir.name + ".lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent workers wait for one compile
+                if not self._cached():
+                    self._compile(stdout)
         for obj in self.objects:
             shutil.copyfile(self.dir / obj, self.build_dir / obj)  # fresh mtime: up to date
 
-    def store(self) -> None:
-        if not self.objects or self.dir.is_dir():
-            return
+    def _compile(self, stdout) -> None:
+        jobs = str(max(1, os.cpu_count() or 1))
+        result = subprocess.run(["make", "-j", jobs, "-f", "Vtop.mk", *self.objects],
+                                cwd=self.build_dir, env=self.env, check=False, stdout=stdout,
+                                stderr=None if stdout is None else subprocess.STDOUT)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling the Verilator runtime failed with return code "
+                               f"{result.returncode}")
         tmp = self.dir.with_name(f"{self.dir.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for obj in self.objects:
             shutil.copyfile(self.build_dir / obj, tmp / obj)
-        try:
-            os.rename(tmp, self.dir)  # atomic; a concurrent worker may have won the race
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.rename(tmp, self.dir)  # atomic: readers see all objects or none
 
 
 class _SimTimeout(Exception):
