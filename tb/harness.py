@@ -204,7 +204,8 @@ class _RuntimeCache:
         self.build_dir = build_dir
         self.env = env
         self.objects = self._global_objects()
-        dry = subprocess.run(["make", "-n", "-f", "Vtop.mk", *self.objects], cwd=build_dir,
+        dry = subprocess.run(["make", "-n", "-f", "Vtop.mk", *_MAKE_VARIABLES, *self.objects],
+                             cwd=build_dir,
                              env=env, capture_output=True, text=True, check=False).stdout
         compiler = subprocess.run(["c++", "--version"], env=env, capture_output=True,
                                   text=True, check=False).stdout
@@ -236,7 +237,8 @@ class _RuntimeCache:
 
     def _compile(self, stdout) -> None:
         jobs = str(max(1, os.cpu_count() or 1))
-        result = subprocess.run(["make", "-j", jobs, "-f", "Vtop.mk", *self.objects],
+        result = subprocess.run(["make", "-j", jobs, "-f", "Vtop.mk", *_MAKE_VARIABLES,
+                                 *self.objects],
                                 cwd=self.build_dir, env=self.env, check=False, stdout=stdout,
                                 stderr=None if stdout is None else subprocess.STDOUT)
         if result.returncode != 0:
