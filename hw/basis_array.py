@@ -52,7 +52,8 @@ class BasisArray(wiring.Component):
         Basis words for the *shadow* bank, one per lane (``lane``, ``data``: entry
         ``B[j][i]`` at bit ``(j * S + i) * basis_bits``).  The shadow bank counts as full
         once the word of lane ``lanes - 1`` is written (lanes are written in order
-        ``0 ... lanes - 1``); ``basis.ready`` is low while it is full.
+        ``0 ... lanes - 1``); ``basis.ready`` is low while it is full, except in the
+        cycle a row swaps the banks (the freed bank takes a word at once).
     rows : In(stream.Signature(decoded_row_layout(config)))
         Decoded coefficient rows.  A row with ``new_block`` swaps the shadow bank in
         (it becomes the active bank and the old active bank the new shadow); such a row
@@ -68,9 +69,11 @@ class BasisArray(wiring.Component):
     presented on ``weights`` from cycle ``n + 2`` (stage 1 registers the shifted terms,
     stage 2 their sums).  Throughput one row per cycle: the pipeline advances whenever
     the output register is empty or being read (``rows.ready`` depends combinationally
-    on ``weights.ready`` and on ``rows.payload.new_block``).  A bank swap costs no
-    bubble if the shadow bank was loaded in time; the bank is read when the row is
-    accepted, so the old active bank may be refilled from the next cycle on.
+    on ``weights.ready`` and on ``rows.payload.new_block``; ``basis.ready`` on the row
+    handshake).  A bank swap costs no bubble if the shadow bank was loaded in time: with
+    one basis word per cycle that holds whenever every block has at least ``lanes``
+    rows.  The basis is read when the row is accepted, so the old active bank is
+    refilled from the cycle of the swap on.
     """
 
     LATENCY = 2
@@ -97,16 +100,6 @@ class BasisArray(wiring.Component):
         active = Signal()
         shadow_full = Signal()
 
-        # --- shadow bank fill ------------------------------------------------------
-        m.d.comb += self.basis.ready.eq(~shadow_full)
-        with m.If(self.basis.valid & self.basis.ready):
-            for b in range(2):
-                for l in range(L):
-                    with m.If((active != b) & (self.basis.payload.lane == l)):
-                        m.d.sync += banks[b][l].as_value().eq(self.basis.payload.data)
-            with m.If(self.basis.payload.lane == L - 1):
-                m.d.sync += shadow_full.eq(1)
-
         # --- pipeline control: global advance, stalled only by a full output --------
         advance = Signal()
         m.d.comb += advance.eq(~self.weights.valid | self.weights.ready)
@@ -117,9 +110,32 @@ class BasisArray(wiring.Component):
             self.rows.ready.eq(advance & can_take),
         ]
         take = Signal()
-        m.d.comb += take.eq(self.rows.valid & self.rows.ready)
-        with m.If(take & row.new_block):
-            m.d.sync += [active.eq(~active), shadow_full.eq(0)]
+        swap = Signal()
+        m.d.comb += [take.eq(self.rows.valid & self.rows.ready),
+                     swap.eq(take & row.new_block)]
+
+        # --- shadow bank fill ------------------------------------------------------
+        # On a swap the old active bank becomes the shadow bank and may take its first
+        # word in the same cycle (the swapping row reads the other bank), so a block of
+        # `lanes` rows is enough to hide the next bank's load.
+        target = Signal()
+        write = Signal()
+        m.d.comb += [
+            self.basis.ready.eq(~shadow_full | swap),
+            target.eq(~active ^ swap),
+            write.eq(self.basis.valid & self.basis.ready),
+        ]
+        with m.If(write):
+            for b in range(2):
+                for l in range(L):
+                    with m.If((target == b) & (self.basis.payload.lane == l)):
+                        m.d.sync += banks[b][l].as_value().eq(self.basis.payload.data)
+        filled = Signal()
+        m.d.comb += filled.eq(write & (self.basis.payload.lane == L - 1))
+        with m.If(swap):
+            m.d.sync += [active.eq(~active), shadow_full.eq(filled)]
+        with m.Elif(filled):
+            m.d.sync += shadow_full.eq(1)
 
         # Bank used by the incoming row: the shadow one if it swaps it in.
         sel = Signal()

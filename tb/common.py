@@ -193,6 +193,9 @@ class StreamDriver(_StreamPorts):
     idle : iterator of bool, optional
         Consulted before offering each new item; ``True`` inserts one idle cycle (valid
         low).  Use `random_stalls`.  ``valid`` is never dropped before ``ready``.
+    on_offer : callable(item), optional
+        Called when an item is put on the bus, in the same cycle: drives side signals
+        that must travel with the item (e.g. `MacLanes.quant`).
 
     Attributes
     ----------
@@ -201,9 +204,11 @@ class StreamDriver(_StreamPorts):
     """
 
     def __init__(self, dut, name: str, shape, clock: ClockReset, *,
-                 idle: Iterator[bool] | None = None):
+                 idle: Iterator[bool] | None = None,
+                 on_offer: Callable[[Any], None] | None = None):
         super().__init__(dut, name, shape, clock)
         self.idle = idle if idle is not None else itertools.repeat(False)
+        self.on_offer = on_offer
         self.sent: list[tuple[int, Any]] = []
         self._queue: deque = deque()
         self._current = None
@@ -223,12 +228,23 @@ class StreamDriver(_StreamPorts):
     def busy(self) -> bool:
         return bool(self._queue) or self._current is not None
 
+    def flush(self) -> None:
+        """Drop the queued items and the one on offer and drive ``valid`` low now.
+
+        For a reset in mid-stream: call it after a clock edge, then reset the DUT.
+        """
+        self._queue.clear()
+        self._current = None
+        self.valid.value = 0
+
     async def _run(self):
         while True:
             await RisingEdge(self.clock.clk)
             if self._current is None and self._queue and not next(self.idle):
                 self._current = self._queue.popleft()
                 self.payload.value = pack(self.shape, self._current)
+                if self.on_offer is not None:
+                    self.on_offer(self._current)
             self.valid.value = int(self._current is not None)
             await ReadOnly()
             if self._current is not None and int(self.ready.value):
