@@ -214,7 +214,8 @@ def export_network(model, config: SDConfig, out_dir, formats: Sequence[str] = AL
     if calib_images is None:
         raise ValueError("export_network needs calibration images (training inputs)")
     qnet = build_qnet(model, config, calib_images, input_scale=input_scale, method=method,
-                      percentile=percentile, decompose_options=decompose_options)
+                      percentile=percentile, decompose_options=decompose_options,
+                      progress=progress)
     export_qnet(qnet, out_dir, formats, progress=progress, extra=extra)
     return qnet
 

@@ -341,7 +341,8 @@ def calibration_stat(y: np.ndarray, method: str, percentile: float) -> float:
 def build_qnet(model, config: SDConfig, calib_images, *, input_scale: float = DEFAULT_INPUT_SCALE,
                method: str = "max", percentile: float = 99.99,
                decompose_options: dict | None = None,
-               layers: Sequence[tuple[str, Any, bool]] | None = None) -> QNet:
+               layers: Sequence[tuple[str, Any, bool]] | None = None,
+               progress: bool = False) -> QNet:
     """Build the `QNet` of ``model`` for ``config``.
 
     Parameters
@@ -359,6 +360,8 @@ def build_qnet(model, config: SDConfig, calib_images, *, input_scale: float = DE
         Calibration statistic (see the module docstring).
     decompose_options : dict
         Options for `golden.decompose.decompose` when dense layers are decomposed.
+    progress : bool
+        Show a tqdm bar over the layers (decomposition of dense layers takes seconds).
 
     Raises
     ------
@@ -384,7 +387,11 @@ def build_qnet(model, config: SDConfig, calib_images, *, input_scale: float = DE
     shape = input_shape = tuple(x.shape[1:])
     s_in, in_relu = float(input_scale), False
     qlayers: list[QLayer] = []
-    for name, module, relu in plan:
+    steps = plan
+    if progress:
+        from tqdm.auto import tqdm
+        steps = tqdm(plan, desc="quantize layers", unit="layer", leave=False)
+    for name, module, relu in steps:
         sd, bias, stride, padding = layer_from_module(name, module, config, decompose_options)
         if sd.kind == "linear":
             in_shape = (math.prod(shape),)

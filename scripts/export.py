@@ -55,7 +55,7 @@ def run(args) -> int:
         scale = args.input_scale if args.input_scale is not None else DEFAULT_INPUT_SCALE
         print(f"model {path} ({kind}); config {config.summary()}")
         qnet = build_qnet(model, config, calib, input_scale=scale, method=args.calib_method,
-                          percentile=args.percentile)
+                          percentile=args.percentile, progress=not args.quiet)
         extra = {"source": {"model": str(path), "kind": kind}}
         if not args.no_eval:
             extra["evaluation"] = evaluate(qnet, model, data)

@@ -245,3 +245,28 @@ def test_digits_integer_network_agrees_with_the_float_sd_model():
         yf = np.clip(layer_float(lay, h * lay.in_scale) / lay.out_scale, -128, 127)
         assert (np.abs(out - yf) <= quantization_bound(lay, acc).reshape(out.shape)).all()
         h = out
+
+
+def test_layers_the_configuration_cannot_hold_are_refused():
+    from test_pack import CONFIGS
+    cfg = CONFIGS[1]                                   # lanes 3, block_rows 5, max_rows 64
+    sd = random_sdweight(cfg, (7, 40), 9, name="fc")   # R = 14 rows, 3 groups
+    x = torch.rand(4, 40)
+    with pytest.raises(ValueError, match=r"layer fc: 14 rows per filter exceed max_rows=10"):
+        build_qnet(None, cfg.replace(max_rows=10), x, layers=[("fc", _FakeSD(sd, torch.zeros(7)),
+                                                                False)])
+    with pytest.raises(ValueError, match=r"layer fc: 3 lane groups exceed max_groups=2"):
+        build_qnet(None, cfg.replace(quant_depth=6), x, layers=[
+            ("fc", _FakeSD(sd, torch.zeros(7)), False)])
+    with pytest.raises(ValueError, match=r"layer fc: its SD weights were decomposed for a "
+                                         r"different configuration: lanes=3 \(export config: 4\)"):
+        build_qnet(None, cfg.replace(lanes=4), x, layers=[("fc", _FakeSD(sd, torch.zeros(7)),
+                                                           False)])
+    with pytest.raises(ValueError, match=r"layer fc: input has 30 features"):
+        build_qnet(None, cfg, torch.rand(4, 30), layers=[("fc", _FakeSD(sd, torch.zeros(7)),
+                                                          False)])
+    with pytest.raises(TypeError, match=r"layer p: MaxPool2d is neither an SD layer"):
+        build_qnet(None, cfg, x, layers=[("p", torch.nn.MaxPool2d(2), False)])
+    with pytest.raises(ValueError, match=r"calibration images contain NaN"):
+        build_qnet(None, cfg, torch.full((2, 40), float("nan")),
+                   layers=[("fc", _FakeSD(sd, torch.zeros(7)), False)])
