@@ -286,7 +286,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _build(build_dir: Path, toplevel: str, sources: list[Path], parameters: Mapping,
-           waves: bool, key: str) -> float:
+           waves: bool, key: str, build_args: Sequence[str] = ()) -> float:
     """Build ``build_dir`` unless it already holds a finished build of ``key``.
 
     Returns the build time in seconds (0.0 when the cached build was reused).
@@ -305,7 +305,8 @@ def _build(build_dir: Path, toplevel: str, sources: list[Path], parameters: Mapp
             start = time.perf_counter()
             try:
                 runner.build(sources=sources, hdl_toplevel=toplevel,
-                             build_args=list(VERILATOR_ARGS), parameters=dict(parameters),
+                             build_args=list(VERILATOR_ARGS) + list(build_args),
+                             parameters=dict(parameters),
                              build_dir=build_dir, clean=True, waves=waves, log_file=log)
             except (RuntimeError, SystemExit) as exc:
                 raise AssertionError(f"Verilator build of {toplevel} in {build_dir} failed "
@@ -345,7 +346,8 @@ def run_cocotb(design_factory: Callable[[SDConfig], object], config: SDConfig, *
                name: str | None = None, extra_env: Mapping[str, str] | None = None,
                parameters: Mapping[str, object] | None = None, waves: bool | None = None,
                testcase: str | Sequence[str] | None = None, timeout_s: float | None = None,
-               verilog_sources: Sequence[str | os.PathLike] = ()) -> Path:
+               verilog_sources: Sequence[str | os.PathLike] = (),
+               build_args: Sequence[str] = ()) -> Path:
     """Build ``design_factory(config)`` with Verilator and run cocotb ``test_module`` on it.
 
     Parameters
@@ -372,7 +374,12 @@ def run_cocotb(design_factory: Callable[[SDConfig], object], config: SDConfig, *
     timeout_s : float, optional
         Wall-clock limit of the simulation.
     verilog_sources : sequence of paths
-        Extra Verilog files compiled with the design (hashed by content).
+        Extra Verilog files compiled with the design (hashed by content); a ``.vlt``
+        Verilator control file may be among them.
+    build_args : sequence of str
+        Extra Verilator arguments after `VERILATOR_ARGS` (part of the build key), e.g.
+        ``--no-public-flat-rw`` with a ``.vlt`` file that makes only the top module's
+        ports public: much faster to build and to simulate for large designs.
 
     Returns
     -------
@@ -414,7 +421,8 @@ def run_cocotb(design_factory: Callable[[SDConfig], object], config: SDConfig, *
 
     key = _hash(verilog_text.encode(), config.to_json(indent=None).encode(),
                 toplevel.encode(), json.dumps(parameters, sort_keys=True, default=str).encode(),
-                json.dumps(VERILATOR_ARGS + _MAKE_VARIABLES).encode(), str(bool(waves)).encode(),
+                json.dumps(VERILATOR_ARGS + _MAKE_VARIABLES + tuple(build_args)).encode(),
+                str(bool(waves)).encode(),
                 _verilator_version().encode(), _HARNESS_VERSION.encode(),
                 *[p.name.encode() + b"\0" + p.read_bytes() for p in extra])
     build_dir = SIM_ROOT / f"{name}-{key}{'-trace' if waves else ''}"
@@ -427,7 +435,8 @@ def run_cocotb(design_factory: Callable[[SDConfig], object], config: SDConfig, *
         os.replace(tmp, design_file)  # atomic: a concurrent reader never sees half a file
 
     with _waves_env(waves):
-        build_s = _build(build_dir, toplevel, [design_file, *extra], parameters, waves, key)
+        build_s = _build(build_dir, toplevel, [design_file, *extra], parameters, waves, key,
+                         build_args)
     if build_s:
         print(f"[harness] built {name} ({toplevel}) in {build_s:.1f} s: {build_dir}",
               file=sys.stderr)

@@ -1,0 +1,213 @@
+"""Layer controller: runs a list of layer descriptors from one start, no host in the loop.
+
+The host writes one descriptor per layer into the descriptor RAM (``hw/descriptor.py``),
+sets the number of layers and pulses ``start``.  The controller then, per layer:
+
+1. has the descriptor in its shadow registers (the first one is fetched after ``start``,
+   every later one is prefetched while the previous layer runs, so a layer change costs
+   no descriptor fetch);
+2. copies it to the active registers the datapath reads and pulses ``layer_start``;
+3. waits for the result writer's ``layer_done`` and records the layer's cycle count.
+
+Activation buffers are ping-ponged by the descriptors themselves (each names its input
+and output bank addresses), so the next layer reads what the previous one wrote.
+
+Errors end the run: a decoder error (the `DecodeError` code), a result out of order
+(`CtrlError.WRITER_SYNC`), a descriptor the datapath cannot run (`BAD_DESCRIPTOR`),
+no progress for ``watchdog`` cycles (`WATCHDOG`).  The controller then pulses ``flush``
+(a synchronous reset of every datapath block; memories keep their contents), sets the
+sticky ``error`` with its code and layer, counts it in ``err_count`` and goes idle, so
+the host can reload and start again.  ``abort`` does the same without flagging an error.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from amaranth import Module, Signal, Value
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.config import SDConfig
+from hw.descriptor import DESC_SLOT_WORDS, FIELDS, descriptor_layout
+from hw.memories import addr_bits
+
+__all__ = ["LayerController", "CtrlError", "DEFAULT_MAX_LAYERS", "DEFAULT_WATCHDOG"]
+
+DEFAULT_MAX_LAYERS = 16
+DEFAULT_WATCHDOG = 1 << 16
+
+
+class CtrlError(enum.IntEnum):
+    """Controller error codes; 1 ... 15 are the decoder's `DecodeError` codes."""
+
+    NONE = 0
+    WRITER_SYNC = 0x10      #: a result arrived for an unexpected position
+    BAD_DESCRIPTOR = 0x11   #: N_GROUPS, N_ROWS, TILE or N_TILES is zero
+    WATCHDOG = 0x12         #: no datapath progress for WATCHDOG cycles
+    NO_LAYERS = 0x13        #: start with N_LAYERS == 0 or > max_layers
+
+
+class LayerController(wiring.Component):
+    """Descriptor fetch, layer sequencing, cycle counting and error handling.
+
+    Parameters
+    ----------
+    config : SDConfig
+    max_layers : int
+        Descriptor slots (``DESC_SLOT_WORDS`` words each in the descriptor RAM).
+
+    Attributes
+    ----------
+    start, abort : In(1)
+        Host pulses.
+    n_layers : In(8)
+    watchdog : In(32)
+        Cycles without datapath progress before `CtrlError.WATCHDOG` (0: off).
+    desc_r_addr, desc_r_en : Out; desc_r_data : In(32)
+        Read port of the descriptor RAM (the controller has priority over the host).
+    desc : Out(descriptor_layout(config))
+        Active descriptor, stable while a layer runs.
+    layer_start : Out(1)
+        Pulse one cycle after ``desc`` changed.
+    layer_done, progress : In(1)
+        From the result writer; any datapath progress (for the watchdog).
+    dp_error : In(1); dp_error_code : In(8)
+    flush : Out(1)
+        Synchronous reset pulse for the datapath.
+    busy, done, error : Out(1)
+        ``done`` / ``error`` are sticky until the next ``start`` or ``abort``.
+    error_code, error_layer, layer : Out(8)
+    cycles : Out(64)
+        Cycles of the current / last run (from ``start`` to ``done``).
+    layer_cycles : Out(ArrayLayout(32, max_layers))
+    err_count : Out(32)
+    """
+
+    def __init__(self, config: SDConfig, max_layers: int = DEFAULT_MAX_LAYERS):
+        if not 1 <= max_layers <= 255:
+            raise ValueError(f"max_layers must be in [1, 255], got {max_layers!r}")
+        self.config = config
+        self.max_layers = max_layers
+        from amaranth.lib import data
+        super().__init__({
+            "start": In(1), "abort": In(1), "n_layers": In(8), "watchdog": In(32),
+            "desc_r_addr": Out(addr_bits(max_layers * DESC_SLOT_WORDS)),
+            "desc_r_en": Out(1), "desc_r_data": In(32),
+            "desc": Out(descriptor_layout(config)),
+            "layer_start": Out(1), "layer_done": In(1), "progress": In(1),
+            "dp_error": In(1), "dp_error_code": In(8),
+            "flush": Out(1),
+            "busy": Out(1), "done": Out(1), "error": Out(1),
+            "error_code": Out(8), "error_layer": Out(8), "layer": Out(8),
+            "cycles": Out(64),
+            "layer_cycles": Out(data.ArrayLayout(32, max_layers)),
+            "err_count": Out(32),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.config
+        m = Module()
+        layout = descriptor_layout(cfg)
+        shadow = Signal(layout)
+        n_fields = len(FIELDS)
+
+        # ---- descriptor prefetch engine: one RAM word per cycle into the shadow --------
+        pf_busy = Signal()
+        pf_start = Signal()
+        pf_layer = Signal(8)
+        pf_idx = Signal(range(n_fields + 1))
+        pf_wr = Signal()
+        pf_wr_idx = Signal(range(n_fields))
+        m.d.comb += [self.desc_r_addr.eq(pf_layer * DESC_SLOT_WORDS + pf_idx),
+                     self.desc_r_en.eq(pf_busy & (pf_idx < n_fields))]
+        m.d.sync += [pf_wr.eq(self.desc_r_en), pf_wr_idx.eq(pf_idx)]
+        with m.If(pf_busy):
+            with m.If(pf_idx < n_fields):
+                m.d.sync += pf_idx.eq(pf_idx + 1)
+            with m.Elif(~pf_wr):
+                m.d.sync += pf_busy.eq(0)
+        with m.If(pf_wr):
+            with m.Switch(pf_wr_idx):
+                for i, (name, sgn, _) in enumerate(FIELDS):
+                    field = getattr(shadow, name)
+                    with m.Case(i):
+                        m.d.sync += field.eq(self.desc_r_data[:len(Value.cast(field))])
+        with m.If(pf_start):
+            m.d.sync += [pf_busy.eq(1), pf_idx.eq(0)]
+
+        # ---- run state machine -------------------------------------------------------------
+        lc = Signal(32)                       # cycles of the running layer
+        wd = Signal(32)                       # cycles since the last progress
+        m.d.sync += [self.layer_start.eq(0), self.flush.eq(0)]
+
+        def fail(code):
+            m.d.sync += [self.error.eq(1), self.error_code.eq(code),
+                         self.error_layer.eq(self.layer), self.flush.eq(1),
+                         self.busy.eq(0), self.err_count.eq(self.err_count + 1)]
+            m.next = "IDLE"
+
+        with m.If(self.busy):
+            m.d.sync += [self.cycles.eq(self.cycles + 1), lc.eq(lc + 1)]
+            with m.If(self.progress):
+                m.d.sync += wd.eq(0)
+            with m.Else():
+                m.d.sync += wd.eq(wd + 1)
+
+        def on_abort():
+            m.d.sync += [self.busy.eq(0), self.done.eq(0), self.error.eq(0),
+                         self.error_code.eq(0), self.flush.eq(1), pf_busy.eq(0)]
+            m.next = "IDLE"
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.abort):
+                    on_abort()
+                with m.Elif(self.start):
+                    m.d.sync += [self.done.eq(0), self.error.eq(0), self.error_code.eq(0),
+                                 self.error_layer.eq(0), self.layer.eq(0),
+                                 self.cycles.eq(0), wd.eq(0)]
+                    with m.If((self.n_layers == 0) | (self.n_layers > self.max_layers)):
+                        fail(CtrlError.NO_LAYERS)
+                    with m.Else():
+                        m.d.sync += [self.busy.eq(1), pf_layer.eq(0)]
+                        m.d.comb += pf_start.eq(1)
+                        m.next = "FETCH"
+            with m.State("FETCH"):
+                with m.If(self.abort):
+                    on_abort()
+                with m.Elif(~pf_busy):
+                    m.next = "LAUNCH"
+            with m.State("LAUNCH"):
+                with m.If(self.abort):
+                    on_abort()
+                with m.Elif((shadow.N_GROUPS == 0) | (shadow.N_ROWS == 0)
+                            | (shadow.TILE == 0) | (shadow.N_TILES == 0)
+                            | (shadow.LAST_TILE == 0)):
+                    fail(CtrlError.BAD_DESCRIPTOR)
+                with m.Else():
+                    m.d.sync += [self.desc.eq(shadow), lc.eq(0), wd.eq(0),
+                                 self.layer_start.eq(1)]
+                    with m.If(self.layer + 1 < self.n_layers):
+                        m.d.sync += pf_layer.eq(self.layer + 1)
+                        m.d.comb += pf_start.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(self.abort):
+                    on_abort()
+                with m.Elif(self.dp_error):
+                    fail(self.dp_error_code)
+                with m.Elif((self.watchdog != 0) & (wd >= self.watchdog)):
+                    fail(CtrlError.WATCHDOG)
+                with m.Elif(self.layer_done):
+                    with m.Switch(self.layer):
+                        for i in range(self.max_layers):
+                            with m.Case(i):
+                                m.d.sync += self.layer_cycles[i].eq(lc + 1)
+                    with m.If(self.layer + 1 == self.n_layers):
+                        m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += self.layer.eq(self.layer + 1)
+                        m.next = "FETCH"
+        return m

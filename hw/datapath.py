@@ -1,0 +1,239 @@
+"""The layer datapath: weight feed, row rebuild, window generator, MAC lanes, writer.
+
+SD path::
+
+    Ce RAM -> WordFeeder -> SparseDecoder -+-> row FIFO -> BasisArray -+
+                                           |        basis RAM -> BasisLoader
+                                           +-> (group, block) requests -^
+                                           +-> RowAddress -> info FIFO --+
+                                                                         v
+    quant RAM -> QuantLoader ----------------------------------> RowSequencer -> MacLanes
+                                 activation banks (read) -------^                  |
+                                 activation banks (write) <- ResultWriter <--------+
+
+Dense baseline: ``dense RAM -> WordFeeder -> DenseRowReader -+-> weights FIFO`` and
+``+-> RowAddress``, the rest identical.
+
+The fork after the decoder lets the basis loader see a new block's first row as soon as
+it is decoded, up to ``row_fifo`` rows before the basis array needs it, so bank swaps
+cost no bubble (the double-buffered basis is filled while the previous block runs).
+Memories live outside (`hw.top`), so the datapath can be reset by the controller's
+``flush`` without touching their contents.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal, unsigned
+from amaranth.lib import data, fifo, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.basis_array import BasisArray
+from hw.config import SDConfig
+from hw.controller import CtrlError
+from hw.decoder import SparseDecoder
+from hw.dense import DenseRowReader
+from hw.descriptor import descriptor_layout, geometry
+from hw.layouts import decoded_row_layout, weights_row_layout
+from hw.loaders import BasisLoader, QuantLoader, WordFeeder, basis_request_layout
+from hw.mac import MacLanes
+from hw.sequencer import RowAddress, RowSequencer, row_info_layout
+from hw.writer import ResultWriter
+
+__all__ = ["LayerDatapath", "DENSE_WEIGHT_BITS", "dense_word_bits", "weight_word_bits"]
+
+#: Weight width of the dense int8 baseline.
+DENSE_WEIGHT_BITS = 8
+
+
+def dense_word_bits(config: SDConfig) -> int:
+    """Word width of the dense baseline's weight memory: ``lanes x S`` int8 weights."""
+    return config.lanes * config.basis_size * DENSE_WEIGHT_BITS
+
+
+def weight_word_bits(config: SDConfig, kind: str) -> int:
+    """Weight memory word width of accelerator ``kind`` (``"sd"`` or ``"dense"``)."""
+    return config.ce_word_width if kind == "sd" else dense_word_bits(config)
+
+
+class LayerDatapath(wiring.Component):
+    """All blocks that run one layer; memories are reached through ports.
+
+    Parameters
+    ----------
+    config : SDConfig
+    kind : {"sd", "dense"}
+    row_fifo : int
+        Decoded rows buffered between the decoder and the basis array (lookahead of the
+        basis loader).
+    result_fifo : int
+        Results buffered in front of the writer.
+
+    Attributes
+    ----------
+    desc, layer_start : In
+    w_r_addr, w_r_en, w_r_data : weight memory read port (Ce or dense)
+    b_r_addr, b_r_en, b_r_data : basis memory read port (SD only)
+    q_r_addr, q_r_en, q_r_data : quant memory read port
+    act_rd_addr, act_rd_en, act_rd_data : activation bank read ports
+    act_wr_addr, act_wr_data, act_wr_en : activation bank write ports
+    layer_done, error : Out(1) pulses; error_code : Out(8)
+    progress : Out(1)
+    events : Out(ArrayLayout(1, 9))
+        One bit per `hw.host.Counter` event this cycle (ACT_READS counts ``S`` words).
+    """
+
+    def __init__(self, config: SDConfig, kind: str = "sd", *, row_fifo: int = 16,
+                 result_fifo: int = 32):
+        if kind not in ("sd", "dense"):
+            raise ValueError(f"kind must be 'sd' or 'dense', got {kind!r}")
+        self.config, self.kind = config, kind
+        self.row_fifo, self.result_fifo = row_fifo, result_fifo
+        g = geometry(config)
+        S, L = config.basis_size, config.lanes
+        ww = weight_word_bits(config, kind)
+        sig = {
+            "desc": In(descriptor_layout(config)), "layer_start": In(1),
+            "w_r_addr": Out(g.ce), "w_r_en": Out(1), "w_r_data": In(ww),
+            "q_r_addr": Out(g.quant), "q_r_en": Out(1), "q_r_data": In(config.quant_word_bits),
+            "act_rd_addr": Out(data.ArrayLayout(unsigned(g.act), S)), "act_rd_en": Out(1),
+            "act_rd_data": In(data.ArrayLayout(unsigned(L * config.act_bits), S)),
+            "act_wr_addr": Out(data.ArrayLayout(unsigned(g.act), S)),
+            "act_wr_data": Out(data.ArrayLayout(unsigned(L * config.act_bits), S)),
+            "act_wr_en": Out(data.ArrayLayout(unsigned(L), S)),
+            "layer_done": Out(1), "error": Out(1), "error_code": Out(8),
+            "progress": Out(1), "events": Out(9),
+        }
+        if kind == "sd":
+            sig.update({"b_r_addr": Out(g.basis), "b_r_en": Out(1),
+                        "b_r_data": In(config.basis_word_bits)})
+        super().__init__(sig)
+
+    def elaborate(self, platform):
+        cfg = self.config
+        m = Module()
+        sd = self.kind == "sd"
+        wbits = None if sd else DENSE_WEIGHT_BITS
+        wl = weights_row_layout(cfg, wbits)
+
+        m.submodules.feeder = feeder = WordFeeder(cfg, weight_word_bits(cfg, self.kind))
+        m.submodules.quant = quant = QuantLoader(cfg)
+        m.submodules.rowaddr = ra = RowAddress(cfg)
+        m.submodules.seq = seq = RowSequencer(cfg, wbits)
+        m.submodules.mac = mac = MacLanes(cfg, wbits)
+        m.submodules.writer = writer = ResultWriter(cfg, self.result_fifo)
+        info_depth = self.row_fifo + RowAddress.LATENCY + 8
+        m.submodules.info_fifo = info_fifo = fifo.SyncFIFOBuffered(
+            width=row_info_layout(cfg).size, depth=info_depth)
+
+        for blk in (feeder, quant, ra, seq, writer):
+            m.d.comb += blk.desc.eq(self.desc)
+        for blk in (feeder, quant, seq, writer):
+            m.d.comb += blk.layer_start.eq(self.layer_start)
+
+        # memory ports
+        m.d.comb += [self.w_r_addr.eq(feeder.r_addr), self.w_r_en.eq(feeder.r_en),
+                     feeder.r_data.eq(self.w_r_data),
+                     self.q_r_addr.eq(quant.r_addr), self.q_r_en.eq(quant.r_en),
+                     quant.r_data.eq(self.q_r_data)]
+        S = cfg.basis_size
+        for j in range(S):
+            m.d.comb += [self.act_rd_addr[j].eq(seq.rd_addr[j]),
+                         seq.rd_data[j].eq(self.act_rd_data[j]),
+                         self.act_wr_addr[j].eq(writer.wr_addr[j]),
+                         self.act_wr_data[j].eq(writer.wr_data[j]),
+                         self.act_wr_en[j].eq(writer.wr_en[j])]
+        m.d.comb += self.act_rd_en.eq(seq.rd_en)
+
+        # row source and the fork
+        if sd:
+            m.submodules.decoder = dec = SparseDecoder(cfg)
+            m.submodules.basis_array = ba = BasisArray(cfg)
+            m.submodules.basis = bl = BasisLoader(cfg)
+            m.submodules.row_fifo = rf = fifo.SyncFIFOBuffered(
+                width=decoded_row_layout(cfg).size, depth=self.row_fifo)
+            m.submodules.req_fifo = qf = fifo.SyncFIFOBuffered(
+                width=basis_request_layout(cfg).size, depth=self.row_fifo + 4)
+            m.d.comb += [bl.desc.eq(self.desc),
+                         self.b_r_addr.eq(bl.r_addr), self.b_r_en.eq(bl.r_en),
+                         bl.r_data.eq(self.b_r_data)]
+            src = dec.rows
+            need_req = src.payload.new_block
+            all_ready = Signal()
+            m.d.comb += all_ready.eq(rf.w_rdy & ra.rows.ready & (qf.w_rdy | ~need_req))
+            xfer = Signal()
+            m.d.comb += [xfer.eq(src.valid & all_ready), src.ready.eq(all_ready),
+                         rf.w_en.eq(xfer), rf.w_data.eq(src.payload),
+                         ra.rows.valid.eq(xfer), ra.rows.payload.row.eq(src.payload.row),
+                         qf.w_en.eq(xfer & need_req)]
+            req = Signal(basis_request_layout(cfg))
+            m.d.comb += [req.group.eq(src.payload.group), req.block.eq(src.payload.block),
+                         qf.w_data.eq(req)]
+            # request FIFO -> basis loader -> basis array shadow bank
+            m.d.comb += [bl.requests.valid.eq(qf.r_rdy), bl.requests.payload.eq(qf.r_data),
+                         qf.r_en.eq(bl.requests.ready)]
+            wiring.connect(m, bl.basis, ba.basis)
+            m.d.comb += [ba.rows.valid.eq(rf.r_rdy), ba.rows.payload.eq(rf.r_data),
+                         rf.r_en.eq(ba.rows.ready)]
+            wsrc = ba.weights
+            ctl = dec
+            basis_reads = bl.reads
+        else:
+            m.submodules.reader = rd = DenseRowReader(cfg, DENSE_WEIGHT_BITS)
+            m.submodules.weights_fifo = wf = fifo.SyncFIFOBuffered(
+                width=wl.size, depth=self.row_fifo)
+            src = rd.rows
+            all_ready = Signal()
+            xfer = Signal()
+            m.d.comb += [all_ready.eq(wf.w_rdy & ra.rows.ready),
+                         xfer.eq(src.valid & all_ready), src.ready.eq(all_ready),
+                         wf.w_en.eq(xfer), wf.w_data.eq(src.payload),
+                         ra.rows.valid.eq(xfer), ra.rows.payload.row.eq(src.payload.row)]
+            wsrc_sig = Signal(wl)
+            m.d.comb += wsrc_sig.eq(wf.r_data)
+            ctl = rd
+            basis_reads = 0
+
+        # weight words into the row source
+        m.d.comb += [ctl.start.eq(feeder.dec_start), ctl.n_groups.eq(self.desc.N_GROUPS),
+                     ctl.n_rows.eq(self.desc.N_ROWS), feeder.dec_busy.eq(ctl.busy),
+                     ctl.words.valid.eq(feeder.words.valid),
+                     ctl.words.payload.data.eq(feeder.words.payload.data),
+                     ctl.words.payload.last.eq(feeder.words.payload.last),
+                     feeder.words.ready.eq(ctl.words.ready)]
+
+        # row address unit -> info FIFO -> sequencer
+        m.d.comb += [info_fifo.w_en.eq(ra.info.valid), info_fifo.w_data.eq(ra.info.payload),
+                     ra.info.ready.eq(info_fifo.w_rdy),
+                     seq.info.valid.eq(info_fifo.r_rdy), seq.info.payload.eq(info_fifo.r_data),
+                     info_fifo.r_en.eq(seq.info.ready)]
+        if sd:
+            wiring.connect(m, wsrc, seq.weights)
+            rows_in = Signal()
+            m.d.comb += rows_in.eq(wsrc.valid & wsrc.ready)
+        else:
+            m.d.comb += [seq.weights.valid.eq(wf.r_rdy), seq.weights.payload.eq(wsrc_sig),
+                         wf.r_en.eq(seq.weights.ready)]
+            rows_in = Signal()
+            m.d.comb += rows_in.eq(wf.r_rdy & seq.weights.ready)
+        wiring.connect(m, quant.bundles, seq.quant)
+        wiring.connect(m, seq.ops, mac.ops)
+        m.d.comb += mac.quant.eq(seq.op_quant)
+        wiring.connect(m, mac.results, writer.results)
+
+        # status
+        op_xfer = Signal()
+        res_xfer = Signal()
+        m.d.comb += [op_xfer.eq(mac.ops.valid & mac.ops.ready),
+                     res_xfer.eq(mac.results.valid & mac.results.ready),
+                     self.layer_done.eq(writer.done),
+                     self.progress.eq(op_xfer | res_xfer | feeder.reads | writer.writes)]
+        with m.If(ctl.error):
+            m.d.comb += [self.error.eq(1), self.error_code.eq(ctl.error_code)]
+        with m.Elif(writer.error):
+            m.d.comb += [self.error.eq(1), self.error_code.eq(CtrlError.WRITER_SYNC)]
+        # events in hw.host.Counter order (STALLS is added by the top)
+        m.d.comb += [self.events[0].eq(feeder.reads), self.events[1].eq(basis_reads),
+                     self.events[2].eq(quant.reads), self.events[3].eq(seq.rd_en),
+                     self.events[4].eq(writer.writes), self.events[5].eq(rows_in),
+                     self.events[6].eq(op_xfer), self.events[7].eq(res_xfer)]
+        return m

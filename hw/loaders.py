@@ -1,0 +1,251 @@
+"""Memory-to-stream loaders of the layer datapath: weight words, bases, quant bundles.
+
+All three read a `SyncRAM` through a `ReadStreamer` (one word per cycle, back-pressure
+safe) and know from the descriptor which words a layer needs:
+
+* `WordFeeder` — the layer's Ce (or dense) words, once per position tile, with
+  ``last`` on the final word; it pulses the decoder's ``start`` before each pass.
+* `BasisLoader` — for every ``(group, block)`` request (taken from the decoder output
+  where a row has ``new_block``), the ``lanes`` basis words into the basis array's
+  shadow bank.
+* `QuantLoader` — per (tile, group) the ``lanes`` quant words as one bundle for the
+  sequencer; lanes beyond ``COUT`` get zeros.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.config import SDConfig
+from hw.descriptor import FLAG_RELU, descriptor_layout, geometry
+from hw.layouts import basis_word_layout, lane_quant_layout, quant_layout
+from hw.memories import ReadStreamer
+
+__all__ = ["WordFeeder", "BasisLoader", "QuantLoader", "basis_request_layout"]
+
+
+class WordFeeder(wiring.Component):
+    """Streams ``CE_WORDS`` words from ``CE_BASE`` once per tile into a row decoder.
+
+    Attributes
+    ----------
+    desc, layer_start : In
+    dec_start : Out(1)
+        Pulse to the decoder before each pass.
+    dec_busy : In(1)
+        The decoder's ``busy``; the next pass starts once it is low.
+    words : Out(stream.Signature({data, last}))
+    r_addr, r_en : Out; r_data : In
+        Read port of the weight memory.
+    reads : Out(1)
+        High in a cycle with a memory read (energy counter).
+    """
+
+    def __init__(self, config: SDConfig, word_width: int):
+        self.config = config
+        self.word_width = word_width
+        g = geometry(config)
+        super().__init__({
+            "desc": In(descriptor_layout(config)),
+            "layer_start": In(1),
+            "dec_start": Out(1),
+            "dec_busy": In(1),
+            "words": Out(stream.Signature(data.StructLayout({"data": word_width,
+                                                             "last": 1}))),
+            "r_addr": Out(g.ce), "r_en": Out(1), "r_data": In(word_width),
+            "reads": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg, d = self.config, self.desc
+        g = geometry(cfg)
+        m = Module()
+        m.submodules.rs = rs = ReadStreamer(g.ce, self.word_width)
+        m.d.comb += [self.r_addr.eq(rs.r_addr), self.r_en.eq(rs.r_en),
+                     rs.r_data.eq(self.r_data), self.reads.eq(rs.count),
+                     self.words.valid.eq(rs.resp.valid),
+                     self.words.payload.data.eq(rs.resp.payload.data),
+                     self.words.payload.last.eq(rs.resp.payload.tag),
+                     rs.resp.ready.eq(self.words.ready)]
+        idx = Signal(g.ce + 1)
+        tile = Signal(g.dim)
+        with m.FSM():
+            with m.State("IDLE"):
+                # A layer starts only after the previous one finished (or a flush).
+                with m.If(self.layer_start):
+                    m.d.sync += tile.eq(0)
+                    m.next = "START"
+            with m.State("START"):
+                m.d.comb += self.dec_start.eq(1)
+                m.d.sync += idx.eq(0)
+                m.next = "ISSUE"
+            with m.State("ISSUE"):
+                m.d.comb += [rs.req.valid.eq(1), rs.req.payload.addr.eq(d.CE_BASE + idx),
+                             rs.req.payload.tag.eq(idx + 1 == d.CE_WORDS)]
+                with m.If(rs.req.ready):
+                    m.d.sync += idx.eq(idx + 1)
+                    with m.If(idx + 1 == d.CE_WORDS):
+                        m.next = "WAIT"
+            with m.State("WAIT"):
+                # The decoder is busy from the cycle after its start until it has
+                # decoded the final slot (its last row may still sit in its output).
+                with m.If(~self.dec_busy & ~rs.resp.valid):
+                    with m.If(tile + 1 == d.N_TILES):
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += tile.eq(tile + 1)
+                        m.next = "START"
+        return m
+
+
+def basis_request_layout(config: SDConfig) -> data.StructLayout:
+    """A basis load request: group and block of the row that will swap it in."""
+    return data.StructLayout({"group": unsigned(config.group_bits),
+                              "block": unsigned(config.block_bits)})
+
+
+class BasisLoader(wiring.Component):
+    """Loads the ``lanes`` basis words of each requested ``(group, block)`` in order.
+
+    Attributes
+    ----------
+    desc : In
+    requests : In(stream.Signature(basis_request_layout(config)))
+    basis : Out(stream.Signature(basis_word_layout(config)))
+        To `BasisArray.basis` (it holds ``ready`` low while its shadow bank is full).
+    r_addr, r_en : Out; r_data : In
+    reads : Out(1)
+    """
+
+    def __init__(self, config: SDConfig):
+        self.config = config
+        g = geometry(config)
+        super().__init__({
+            "desc": In(descriptor_layout(config)),
+            "requests": In(stream.Signature(basis_request_layout(config))),
+            "basis": Out(stream.Signature(basis_word_layout(config))),
+            "r_addr": Out(g.basis), "r_en": Out(1), "r_data": In(config.basis_word_bits),
+            "reads": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg, d = self.config, self.desc
+        g = geometry(cfg)
+        L = cfg.lanes
+        m = Module()
+        m.submodules.rs = rs = ReadStreamer(g.basis, cfg.basis_word_bits,
+                                            unsigned(cfg.lane_bits))
+        m.d.comb += [self.r_addr.eq(rs.r_addr), self.r_en.eq(rs.r_en),
+                     rs.r_data.eq(self.r_data), self.reads.eq(rs.count),
+                     self.basis.valid.eq(rs.resp.valid),
+                     self.basis.payload.data.eq(rs.resp.payload.data),
+                     self.basis.payload.lane.eq(rs.resp.payload.tag),
+                     rs.resp.ready.eq(self.basis.ready)]
+        lane = Signal(range(L + 1))
+        base = Signal(g.basis + 1)
+        req = self.requests.payload
+        m.d.comb += base.eq(d.BASIS_BASE + (req.group * d.N_BLOCKS + req.block) * L)
+        m.d.comb += [rs.req.valid.eq(self.requests.valid),
+                     rs.req.payload.addr.eq(base + lane),
+                     rs.req.payload.tag.eq(lane)]
+        with m.If(self.requests.valid & rs.req.ready):
+            with m.If(lane == L - 1):
+                m.d.sync += lane.eq(0)
+                m.d.comb += self.requests.ready.eq(1)
+            with m.Else():
+                m.d.sync += lane.eq(lane + 1)
+        return m
+
+
+class QuantLoader(wiring.Component):
+    """One quant bundle (``lanes`` channels) per group per tile, in processing order.
+
+    Attributes
+    ----------
+    desc, layer_start : In
+    bundles : Out(stream.Signature(quant_layout(config)))
+        ``relu`` from the descriptor's flags; channels ``>= COUT`` are zero.
+    r_addr, r_en : Out; r_data : In
+    reads : Out(1)
+    """
+
+    def __init__(self, config: SDConfig):
+        self.config = config
+        g = geometry(config)
+        super().__init__({
+            "desc": In(descriptor_layout(config)),
+            "layer_start": In(1),
+            "bundles": Out(stream.Signature(quant_layout(config))),
+            "r_addr": Out(g.quant), "r_en": Out(1), "r_data": In(config.quant_word_bits),
+            "reads": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg, d = self.config, self.desc
+        g = geometry(cfg)
+        L = cfg.lanes
+        m = Module()
+        m.submodules.rs = rs = ReadStreamer(g.quant, cfg.quant_word_bits,
+                                            unsigned(cfg.lane_bits))
+        m.d.comb += [self.r_addr.eq(rs.r_addr), self.r_en.eq(rs.r_en),
+                     rs.r_data.eq(self.r_data), self.reads.eq(rs.count)]
+        active = Signal()
+        group = Signal(cfg.group_bits)
+        tile = Signal(g.dim)
+        lane = Signal(range(L + 1))
+        chan = Signal(range(cfg.quant_depth + L + 1))      # group * lanes + lane
+        # issue side: only channels < COUT are read; the rest are filled with zeros
+        pending = Signal()                      # issue of this bundle finished
+        m.d.comb += [rs.req.valid.eq(active & ~pending & (chan < d.COUT)),
+                     rs.req.payload.addr.eq(d.QUANT_BASE + chan),
+                     rs.req.payload.tag.eq(lane)]
+        step = Signal()
+        m.d.comb += step.eq(active & ~pending & ((chan >= d.COUT) | rs.req.ready))
+        # collect side: words arrive in lane order
+        bundle = Signal(data.ArrayLayout(lane_quant_layout(cfg), L))
+        filled = Signal(range(L + 1))          # lanes of the bundle collected so far
+        zero_from = Signal(range(L + 1))       # first lane that is zero-filled
+        out = self.bundles
+        m.d.comb += rs.resp.ready.eq(1)     # only words of the pending bundle are in flight
+        with m.If(out.valid & out.ready):
+            m.d.sync += out.valid.eq(0)
+        with m.If(rs.resp.valid & rs.resp.ready):
+            m.d.sync += bundle[rs.resp.payload.tag].as_value().eq(rs.resp.payload.data)
+        # A bundle is complete when every lane below COUT has arrived.
+        got = Signal(range(L + 1))
+        m.d.comb += got.eq(filled + (rs.resp.valid & rs.resp.ready))
+        with m.If(pending & (got >= zero_from) & (~out.valid | out.ready)):
+            m.d.sync += [out.valid.eq(1), out.payload.relu.eq((d.FLAGS & FLAG_RELU) != 0),
+                         filled.eq(0), pending.eq(0)]
+            for l in range(L):
+                m.d.sync += out.payload.lanes[l].as_value().eq(
+                    Mux(l < zero_from, bundle[l].as_value(), 0))
+            # the word arriving in this very cycle belongs to the finished bundle
+            with m.If(rs.resp.valid & rs.resp.ready):
+                m.d.sync += out.payload.lanes[rs.resp.payload.tag].as_value().eq(
+                    rs.resp.payload.data)
+        with m.Elif(rs.resp.valid & rs.resp.ready):
+            m.d.sync += filled.eq(filled + 1)
+
+        with m.If(step):
+            with m.If(lane == L - 1):
+                m.d.sync += [lane.eq(0), pending.eq(1),
+                             zero_from.eq(Mux(chan < d.COUT, L,
+                                              Mux(d.COUT > chan - lane, d.COUT - (chan - lane),
+                                                  0)))]
+                with m.If(group + 1 == d.N_GROUPS):
+                    m.d.sync += [group.eq(0), chan.eq(0)]
+                    with m.If(tile + 1 == d.N_TILES):
+                        m.d.sync += active.eq(0)
+                    with m.Else():
+                        m.d.sync += tile.eq(tile + 1)
+                with m.Else():
+                    m.d.sync += [group.eq(group + 1), chan.eq(chan + 1)]
+            with m.Else():
+                m.d.sync += [lane.eq(lane + 1), chan.eq(chan + 1)]
+        with m.If(self.layer_start):
+            m.d.sync += [active.eq(1), group.eq(0), tile.eq(0), lane.eq(0), chan.eq(0),
+                         filled.eq(0), pending.eq(0), out.valid.eq(0)]
+        return m

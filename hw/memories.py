@@ -1,0 +1,260 @@
+"""Memory wrappers of the accelerator: one read port, one write port, three ways to fill.
+
+Every memory of the accelerator is a `SyncRAM`: a synchronous single-read, single-write
+RAM (the simple dual-port block RAM every FPGA has).  Its contents come from one of
+
+1. **baked** — ``init=[...]``: the words become the ``initial`` block of the generated
+   Verilog (an Amaranth ``lib.memory.Memory``);
+2. **file** — ``init_file="ce.hex"``: the RAM is a small hand-written Verilog module
+   (`SD_RAM_VERILOG`, module ``sd_ram``) that Amaranth instantiates with the file name as
+   the ``INIT_FILE`` parameter; the module calls ``$readmemh`` at elaboration, so new
+   weights need a new ``.hex`` file, never new Verilog;
+3. **run time** — the write port, always present, which the host interface drives.
+
+Both implementations read the *old* word when reading and writing one address in the
+same cycle, read with one cycle of latency (``r_data`` is valid the cycle after
+``r_en``) and hold ``r_data`` while ``r_en`` is low, so a design behaves the same with
+either.  Unwritten words read as 0 in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from amaranth import ClockSignal, Instance, Module, Signal, unsigned
+from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["SyncRAM", "ReadStreamer", "SD_RAM_VERILOG", "addr_bits", "collect_verilog_sources"]
+
+
+def addr_bits(depth: int) -> int:
+    """Address width of a memory of ``depth`` words (at least 1)."""
+    return max(1, (depth - 1).bit_length())
+
+
+#: Verilog source of the file-initialised RAM (module ``sd_ram``).  Pass it to the
+#: simulator or synthesis tool next to the generated design (`SyncRAM.verilog_sources`).
+SD_RAM_VERILOG = r"""// sd_ram: 1R1W synchronous RAM, contents from a $readmemh file parameter.
+// Generated designs instantiate it with INIT_FILE set; replacing the file changes the
+// weights without regenerating any Verilog.  Read-old-data on a same-address collision,
+// one cycle read latency, r_data held while r_en is low (like Amaranth's lib.memory).
+module sd_ram #(
+    parameter integer WIDTH = 8,
+    parameter integer DEPTH = 16,
+    parameter integer ABITS = 4,
+    parameter integer GRAN = 8,
+    parameter INIT_FILE = ""
+) (
+    input  wire                   clk,
+    input  wire [ABITS-1:0]       r_addr,
+    input  wire                   r_en,
+    output reg  [WIDTH-1:0]       r_data,
+    input  wire [ABITS-1:0]       w_addr,
+    input  wire [WIDTH-1:0]       w_data,
+    input  wire [WIDTH/GRAN-1:0]  w_en
+);
+    reg [WIDTH-1:0] mem [0:DEPTH-1];
+    integer i;
+    initial begin
+        r_data = {WIDTH{1'b0}};
+        for (i = 0; i < DEPTH; i = i + 1)
+            mem[i] = {WIDTH{1'b0}};
+        if (INIT_FILE != "")
+            $readmemh(INIT_FILE, mem);
+    end
+    always @(posedge clk) begin
+        if (r_en)
+            r_data <= mem[r_addr];
+        for (i = 0; i < WIDTH / GRAN; i = i + 1)
+            if (w_en[i])
+                mem[w_addr][i * GRAN +: GRAN] <= w_data[i * GRAN +: GRAN];
+    end
+endmodule
+"""
+
+
+class SyncRAM(wiring.Component):
+    """Synchronous 1-read / 1-write RAM, baked, file-initialised or empty.
+
+    Parameters
+    ----------
+    width : int
+        Word width in bits.
+    depth : int
+        Number of words.
+    granularity : int, optional
+        Write-enable granularity in bits (``width`` must be a multiple); default ``width``
+        (one enable bit).
+    init : sequence of int, optional
+        Words baked into the design (at most ``depth``; the rest are 0).
+    init_file : str, optional
+        ``$readmemh`` file name given to the ``sd_ram`` Verilog module (relative names are
+        resolved by the simulator / synthesis tool from its working directory).
+        Exclusive with ``init``.  A design using it cannot run in the Amaranth simulator.
+    name : str
+        Name used in error messages.
+
+    Attributes
+    ----------
+    r_addr, r_en : In
+        Read address and enable; ``r_data`` shows ``mem[r_addr]`` from the next cycle and
+        holds while ``r_en`` is low.
+    r_data : Out(width)
+    w_addr, w_data : In
+    w_en : In(width // granularity)
+        One enable bit per ``granularity`` bits of the word.
+    """
+
+    def __init__(self, width: int, depth: int, *, granularity: int | None = None,
+                 init: Sequence[int] | None = None, init_file: str | None = None,
+                 name: str = "ram"):
+        for key, value in (("width", width), ("depth", depth)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: {key} must be a positive int, got {value!r}")
+        gran = width if granularity is None else granularity
+        if isinstance(gran, bool) or not isinstance(gran, int) or gran < 1 or width % gran:
+            raise ValueError(f"{name}: granularity must divide the width {width}, "
+                             f"got {granularity!r}")
+        if init is not None and init_file is not None:
+            raise ValueError(f"{name}: give init or init_file, not both")
+        if init is not None:
+            init = [int(w) for w in init]
+            if len(init) > depth:
+                raise ValueError(f"{name}: {len(init)} initial words do not fit the depth "
+                                 f"{depth}")
+            for a, w in enumerate(init):
+                if not 0 <= w < (1 << width):
+                    raise ValueError(f"{name}: initial word {a} = {w:#x} does not fit "
+                                     f"{width} bits")
+        if init_file is not None and (not isinstance(init_file, str) or not init_file
+                                      or '"' in init_file):
+            raise ValueError(f"{name}: init_file must be a non-empty file name without "
+                             f"quotes, got {init_file!r}")
+        self.width, self.depth, self.granularity = width, depth, gran
+        self.init, self.init_file, self.name = init, init_file, name
+        abits = addr_bits(depth)
+        super().__init__({
+            "r_addr": In(abits), "r_en": In(1), "r_data": Out(width),
+            "w_addr": In(abits), "w_data": In(width), "w_en": In(width // gran),
+        })
+
+    @property
+    def verilog_sources(self) -> dict[str, str]:
+        """Extra Verilog files this memory needs: ``{"sd_ram.v": text}`` or ``{}``."""
+        return {"sd_ram.v": SD_RAM_VERILOG} if self.uses_sd_ram else {}
+
+    @property
+    def uses_sd_ram(self) -> bool:
+        """True when the RAM is the ``sd_ram`` Verilog module (file or empty init).
+
+        An empty memory is the Verilog module too: its zero fill is one loop, where an
+        Amaranth memory lists every word in an ``initial`` block, which makes large
+        empty memories slow to compile under Verilator.
+        """
+        return self.init is None
+
+    def elaborate(self, platform):
+        m = Module()
+        if self.uses_sd_ram:
+            m.submodules.ram = Instance(
+                "sd_ram",
+                p_WIDTH=self.width, p_DEPTH=self.depth, p_ABITS=addr_bits(self.depth),
+                p_GRAN=self.granularity, p_INIT_FILE=self.init_file or "",
+                i_clk=ClockSignal(), i_r_addr=self.r_addr, i_r_en=self.r_en,
+                o_r_data=self.r_data, i_w_addr=self.w_addr, i_w_data=self.w_data,
+                i_w_en=self.w_en)
+            return m
+        m.submodules.mem = mem = memory.Memory(shape=self.width, depth=self.depth,
+                                               init=self.init)
+        rd = mem.read_port()
+        wr = mem.write_port(granularity=None if self.granularity == self.width
+                            else self.granularity)
+        m.d.comb += [
+            rd.addr.eq(self.r_addr), rd.en.eq(self.r_en), self.r_data.eq(rd.data),
+            wr.addr.eq(self.w_addr), wr.data.eq(self.w_data), wr.en.eq(self.w_en),
+        ]
+        return m
+
+
+def collect_verilog_sources(*components) -> dict[str, str]:
+    """Union of the `SyncRAM.verilog_sources` of ``components`` (others are ignored)."""
+    out: dict[str, str] = {}
+    for c in components:
+        out.update(getattr(c, "verilog_sources", {}) or {})
+    return out
+
+
+class ReadStreamer(wiring.Component):
+    """Turns a stream of read addresses into a stream of words, at one word per cycle.
+
+    Sits between a producer of addresses and a `SyncRAM` read port.  A request carries an
+    address and a ``tag`` that comes back with its word (a ``last`` flag, a lane index).
+    A read is issued only when the two-entry output buffer is sure to have room for it,
+    so back-pressure on ``resp`` never loses a word and a free-flowing ``resp`` gets one
+    word per cycle.
+
+    Parameters
+    ----------
+    addr_width, data_width : int
+        Address and word widths of the RAM.
+    tag_shape : shape
+        Payload travelling with each request (``unsigned(1)`` for a plain flag).
+
+    Attributes
+    ----------
+    req : In(stream.Signature({addr, tag}))
+    resp : Out(stream.Signature({data, tag}))
+    r_addr, r_en : Out; r_data : In
+        To the RAM's read port.
+    count : Out(1)
+        High in a cycle in which a read is issued (for the energy counters).
+
+    Notes
+    -----
+    Latency: a request accepted in cycle ``n`` is on ``resp`` from cycle ``n + 2``.
+    """
+
+    def __init__(self, addr_width: int, data_width: int, tag_shape=unsigned(1)):
+        self._tag_shape = tag_shape
+        self._data_width = data_width
+        super().__init__({
+            "req": In(stream.Signature(data.StructLayout({"addr": addr_width,
+                                                          "tag": tag_shape}))),
+            "resp": Out(stream.Signature(data.StructLayout({"data": data_width,
+                                                            "tag": tag_shape}))),
+            "r_addr": Out(addr_width), "r_en": Out(1), "r_data": In(data_width),
+            "count": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        layout = data.StructLayout({"data": self._data_width, "tag": self._tag_shape})
+        m.submodules.buf = buf = fifo.SyncFIFO(width=layout.size, depth=2)
+        inflight = Signal()
+        tag_d = Signal(self._tag_shape)
+        pop = Signal()
+        m.d.comb += pop.eq(self.resp.valid & self.resp.ready)
+        # Room for one more word once the in-flight read and this cycle's pop are counted.
+        room = Signal()
+        m.d.comb += room.eq(buf.level + inflight - pop < 2)
+        issue = Signal()
+        m.d.comb += [
+            self.req.ready.eq(room),
+            issue.eq(self.req.valid & room),
+            self.r_addr.eq(self.req.payload.addr),
+            self.r_en.eq(issue),
+            self.count.eq(issue),
+        ]
+        m.d.sync += [inflight.eq(issue)]
+        with m.If(issue):
+            m.d.sync += tag_d.eq(self.req.payload.tag)
+        word = Signal(layout)
+        m.d.comb += [
+            word.data.eq(self.r_data), word.tag.eq(tag_d),
+            buf.w_data.eq(word), buf.w_en.eq(inflight),
+            self.resp.valid.eq(buf.r_rdy),
+            self.resp.payload.eq(buf.r_data),
+            buf.r_en.eq(self.resp.ready),
+        ]
+        return m

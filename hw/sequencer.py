@@ -1,0 +1,338 @@
+"""Row sequencer: holds one rebuilt weight row and streams the tile's activation rows past it.
+
+This is the on-chip window generator.  For every weight row ``r`` of a group it reads,
+for each output position ``p`` of the current tile, the ``S`` activations that row ``r``
+multiplies — element ``r*S + i`` of the flattened ``(cin, ky, kx)`` window of ``p`` —
+straight from the activation banks, with zeros for padding, and hands ``weights x acts``
+to the MAC lanes as one op per cycle.
+
+Activation layout (``docs/architecture.md``): ``S`` banks of ``lanes``-element words.
+Element ``(c, y, x)`` of an input item ``b`` lives in bank ``x % S`` at address
+``IN_BASE + b*IN_PITCH + (c // lanes)*IN_CGP + y*IN_WQ + x // S``, lane ``c % lanes``.
+With ``kw`` a multiple of ``S`` a weight row covers ``S`` consecutive ``x`` of one
+``(cin, ky)``, which sit in ``S`` different banks, so a window row is one read of every
+bank.  A fully connected layer reads its input as ``R`` channels of one ``1 x S`` line.
+
+`RowAddress` splits a row index into ``(cin, ky, kx)`` with reciprocals supplied by the
+host (``hw/arith.py``), pipelined, one row per cycle.  `RowSequencer` pairs its output
+with the weight rows, walks the positions with incremental counters (no multiplier per
+position) and restarts them from the tile's first position for every row.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.arith import div_magic, divmod_const
+from hw.config import SDConfig
+from hw.descriptor import descriptor_layout, geometry
+from hw.layouts import mac_op_layout, quant_layout, row_tag_fields, weights_row_layout
+
+__all__ = ["RowAddress", "RowSequencer", "row_info_layout", "row_ref_layout"]
+
+
+def row_ref_layout(config: SDConfig) -> data.StructLayout:
+    """What `RowAddress` needs of a decoded row: its index (the other tags ride along)."""
+    return data.StructLayout({"row": unsigned(config.row_bits)})
+
+
+def row_info_layout(config: SDConfig) -> data.StructLayout:
+    """Per-row addressing facts: bank-address offset, lane, kernel offsets, width limit."""
+    g = geometry(config)
+    return data.StructLayout({
+        "row_off": signed(g.act + 2),
+        "lane": unsigned(config.lane_bits),
+        "ky": unsigned(g.row),
+        "kx0": unsigned(g.dim + 1),
+        "wlim": unsigned(g.dim),
+    })
+
+
+class RowAddress(wiring.Component):
+    """Row index -> window addressing facts, pipelined (`LATENCY` cycles, 1 row/cycle).
+
+    ``cin = r // RPC``, ``rem = r % RPC``, ``ky = rem // KWS``, ``kxs = rem % KWS``;
+    ``row_off = (cin // lanes) * IN_CGP + ky * IN_WQ + kxs``, ``lane = cin % lanes``,
+    ``kx0 = kxs * S`` and ``wlim`` = ``IN_WLAST`` for the last channel, else ``IN_W``.
+
+    Attributes
+    ----------
+    desc : In(descriptor_layout(config))
+    rows : In(stream.Signature(row_ref_layout(config)))
+    info : Out(stream.Signature(row_info_layout(config)))
+    """
+
+    LATENCY = 4
+
+    def __init__(self, config: SDConfig):
+        self.config = config
+        super().__init__({
+            "desc": In(descriptor_layout(config)),
+            "rows": In(stream.Signature(row_ref_layout(config))),
+            "info": Out(stream.Signature(row_info_layout(config))),
+        })
+
+    def elaborate(self, platform):
+        cfg, d = self.config, self.desc
+        g = geometry(cfg)
+        n = g.row
+        m = Module()
+        adv = Signal()
+        m.d.comb += [adv.eq(~self.info.valid | self.info.ready), self.rows.ready.eq(adv)]
+
+        def stage(name, **fields):
+            regs = {k: Signal(v, name=f"{name}_{k}") for k, v in fields.items()}
+            regs["valid"] = Signal(name=f"{name}_valid")
+            return regs
+
+        # stage 1: cin = r // RPC
+        s1 = stage("s1", r=unsigned(n), cin=unsigned(n))
+        cin = div_magic(m, self.rows.payload.row, d.DIV_RPC, n, "ra_cin")
+        with m.If(adv):
+            m.d.sync += [s1["valid"].eq(self.rows.valid), s1["r"].eq(self.rows.payload.row),
+                         s1["cin"].eq(cin)]
+        # stage 2: rem = r - cin * RPC
+        s2 = stage("s2", rem=unsigned(n), cin=unsigned(n))
+        with m.If(adv):
+            m.d.sync += [s2["valid"].eq(s1["valid"]), s2["cin"].eq(s1["cin"]),
+                         s2["rem"].eq(s1["r"] - s1["cin"] * d.RPC)]
+        # stage 3: ky = rem // KWS, channel group / lane
+        s3 = stage("s3", rem=unsigned(n), ky=unsigned(n), cg=unsigned(n),
+                   lane=unsigned(cfg.lane_bits), last_c=unsigned(1))
+        ky = div_magic(m, s2["rem"], d.DIV_KWS, n, "ra_ky")
+        cg, lane = divmod_const(m, s2["cin"], cfg.lanes, n, "ra_cg")
+        with m.If(adv):
+            m.d.sync += [s3["valid"].eq(s2["valid"]), s3["rem"].eq(s2["rem"]),
+                         s3["ky"].eq(ky), s3["cg"].eq(cg), s3["lane"].eq(lane),
+                         s3["last_c"].eq(s2["cin"] == d.CIN - 1)]
+        # stage 4 (output register): offsets
+        kxs = Signal(unsigned(n))
+        m.d.comb += kxs.eq(s3["rem"] - s3["ky"] * d.KWS)
+        out = self.info.payload
+        with m.If(adv):
+            m.d.sync += [
+                self.info.valid.eq(s3["valid"]),
+                out.row_off.eq(s3["cg"] * d.IN_CGP + s3["ky"] * d.IN_WQ + kxs),
+                out.lane.eq(s3["lane"]),
+                out.ky.eq(s3["ky"]),
+                out.kx0.eq(kxs * cfg.basis_size),
+                out.wlim.eq(Mux(s3["last_c"], d.IN_WLAST, d.IN_W)),
+            ]
+        return m
+
+
+class RowSequencer(wiring.Component):
+    """Window generator and MAC feed: one ``lanes x S`` op per cycle.
+
+    Parameters
+    ----------
+    config : SDConfig
+    weight_bits : int, optional
+        Width of the weights (rebuilt SD weights by default; 8 for the dense baseline).
+
+    Attributes
+    ----------
+    desc : In(descriptor_layout(config))
+        The running layer's descriptor (stable while it runs).
+    layer_start : In(1)
+        Pulse: reset the position counters to the layer's first tile.
+    weights : In(stream.Signature(weights_row_layout(config, weight_bits)))
+        Rebuilt weight rows with their tags, in decoder order.
+    info : In(stream.Signature(row_info_layout(config)))
+        `RowAddress` output for the same rows, in the same order.
+    quant : In(stream.Signature(quant_layout(config)))
+        One bundle per (tile, group), taken with the group's first row.
+    ops : Out(stream.Signature(mac_op_layout(config, weight_bits)))
+    op_quant : Out(quant_layout(config))
+        The quant bundle of the op on ``ops`` (`MacLanes` samples it with the op).
+    rd_addr : Out(ArrayLayout(act bank address, S)); rd_en : Out(1); rd_data : In
+        Read ports of the ``S`` activation banks (data one cycle after ``rd_en``).
+
+    Notes
+    -----
+    Latency 2 cycles from a position's address (stage A) to its op on ``ops`` (bank read,
+    then the lane select / rotate / zero-padding stage into the output register).  One op
+    per cycle while rows arrive in time: a row is taken in the cycle its predecessor issues
+    its final position, so ``P = 1`` layers run one row per cycle too.
+    """
+
+    def __init__(self, config: SDConfig, weight_bits: int | None = None):
+        self.config = config
+        self.weight_bits = config.rebuilt_weight_bits if weight_bits is None else weight_bits
+        g = geometry(config)
+        S = config.basis_size
+        super().__init__({
+            "desc": In(descriptor_layout(config)),
+            "layer_start": In(1),
+            "weights": In(stream.Signature(weights_row_layout(config, self.weight_bits))),
+            "info": In(stream.Signature(row_info_layout(config))),
+            "quant": In(stream.Signature(quant_layout(config))),
+            "ops": Out(stream.Signature(mac_op_layout(config, self.weight_bits))),
+            "op_quant": Out(quant_layout(config)),
+            "rd_addr": Out(data.ArrayLayout(unsigned(g.act), S)),
+            "rd_en": Out(1),
+            "rd_data": In(data.ArrayLayout(unsigned(config.lanes * config.act_bits), S)),
+        })
+
+    # position counters shared by the live set and the tile snapshot
+    def _pos_fields(self):
+        g = geometry(self.config)
+        a = g.act + 2
+        return {
+            "b": unsigned(g.dim), "oy": unsigned(g.dim), "ox": unsigned(g.dim),
+            "ixb": signed(g.dim + 2), "ixq": signed(g.dim + 2),
+            "ixm": unsigned(g.s_bits), "iyb": signed(g.dim + 2),
+            "line": signed(a + g.dim), "img": unsigned(a + g.dim),
+        }
+
+    def elaborate(self, platform):
+        cfg, d = self.config, self.desc
+        S, L, ab = cfg.basis_size, cfg.lanes, cfg.act_bits
+        g = geometry(cfg)
+        m = Module()
+        pf = self._pos_fields()
+        pos_layout = data.StructLayout(pf)
+        cur = Signal(pos_layout)
+        snap = Signal(pos_layout)
+        nxt = Signal(pos_layout)
+        first_pos = Signal(pos_layout)
+        t = Signal(range(cfg.acc_depth + 1))
+        tile = Signal(g.dim)
+        tile_size = Signal(g.tile)
+
+        wl = weights_row_layout(cfg, self.weight_bits)
+        held_valid = Signal()
+        held_w = Signal(wl)
+        held_i = Signal(row_info_layout(cfg))
+        held_q = Signal(quant_layout(cfg))
+
+        adv = Signal()
+        m.d.comb += adv.eq(~self.ops.valid | self.ops.ready)
+
+        # ---- first position of the layer ------------------------------------------
+        m.d.comb += [
+            first_pos.b.eq(0), first_pos.oy.eq(0), first_pos.ox.eq(0),
+            first_pos.ixb.eq(d.NEG_PAD_X), first_pos.ixq.eq(d.PAD_Q),
+            first_pos.ixm.eq(d.PAD_M), first_pos.iyb.eq(d.NEG_PAD_Y),
+            first_pos.line.eq(d.LINE0), first_pos.img.eq(0),
+        ]
+
+        # ---- next position (incremental, no multiplier) ------------------------------
+        ixm_sum = Signal(unsigned(g.s_bits + 1))
+        carry = Signal()
+        m.d.comb += [ixm_sum.eq(cur.ixm + d.STRIDE_M), carry.eq(ixm_sum >= S),
+                     nxt.eq(cur)]
+        with m.If(cur.ox + 1 < d.OUT_W):
+            m.d.comb += [nxt.ox.eq(cur.ox + 1), nxt.ixb.eq(cur.ixb + d.STRIDE_X),
+                         nxt.ixq.eq(cur.ixq + d.STRIDE_Q + carry),
+                         nxt.ixm.eq(Mux(carry, ixm_sum - S, ixm_sum))]
+        with m.Else():
+            m.d.comb += [nxt.ox.eq(0), nxt.ixb.eq(d.NEG_PAD_X), nxt.ixq.eq(d.PAD_Q),
+                         nxt.ixm.eq(d.PAD_M)]
+            with m.If(cur.oy + 1 < d.OUT_H):
+                m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.iyb.eq(cur.iyb + d.STRIDE_Y),
+                             nxt.line.eq(cur.line + d.LINE_STEP)]
+            with m.Else():
+                m.d.comb += [nxt.oy.eq(0), nxt.iyb.eq(d.NEG_PAD_Y), nxt.line.eq(d.LINE0),
+                             nxt.b.eq(cur.b + 1), nxt.img.eq(cur.img + d.IN_PITCH)]
+
+        # ---- stage A: issue one position of the held row -----------------------------
+        issue = Signal()
+        row_end = Signal()
+        tile_end = Signal()
+        m.d.comb += [
+            issue.eq(held_valid & adv),
+            row_end.eq(t + 1 == tile_size),
+            tile_end.eq(held_w.last & (held_w.group == d.N_GROUPS - 1)),
+        ]
+        base = Signal(signed(g.act + g.dim + 4))
+        m.d.comb += base.eq(d.IN_BASE + cur.img + cur.line + cur.ixq + held_i.row_off)
+        for j in range(S):
+            m.d.comb += self.rd_addr[j].eq(base + (j < cur.ixm))
+        m.d.comb += self.rd_en.eq(issue)
+
+        iy = Signal(signed(g.dim + 3))
+        ixk = Signal(signed(g.dim + 3))
+        valid_a = Signal(S)
+        m.d.comb += [iy.eq(cur.iyb + held_i.ky), ixk.eq(cur.ixb + held_i.kx0)]
+        for i in range(S):
+            m.d.comb += valid_a[i].eq((iy >= 0) & (iy < d.IN_H)
+                                      & (ixk + i >= 0) & (ixk + i < held_i.wlim))
+
+        # Stage B registers (the bank read is in flight)
+        b_valid = Signal()
+        b_mask = Signal(S)
+        b_rot = Signal(g.s_bits)
+        b_lane = Signal(cfg.lane_bits)
+        b_op = Signal(mac_op_layout(cfg, self.weight_bits))
+        b_q = Signal(quant_layout(cfg))
+        with m.If(adv):
+            m.d.sync += b_valid.eq(issue)
+            with m.If(issue):
+                m.d.sync += [
+                    b_mask.eq(valid_a), b_rot.eq(cur.ixm), b_lane.eq(held_i.lane),
+                    b_op.weights.eq(held_w.weights), b_op.addr.eq(t),
+                    b_op.first.eq(held_w.first), b_op.last.eq(held_w.last),
+                    b_q.eq(held_q),
+                ]
+
+        # ---- stage B -> output register: lane select, rotate, zero padding ------------
+        lane_val = []
+        for j in range(S):
+            word = self.rd_data[j]
+            v = Signal(signed(ab), name=f"bank{j}_val")
+            m.d.comb += v.eq(word.word_select(b_lane, ab))
+            lane_val.append(v)
+        acts = Signal(data.ArrayLayout(signed(ab), S))
+        for i in range(S):
+            sel = Signal(signed(ab), name=f"act{i}_sel")
+            with m.Switch(b_rot):
+                for r in range(S):
+                    with m.Case(r):
+                        m.d.comb += sel.eq(lane_val[(r + i) % S])
+            m.d.comb += acts[i].eq(Mux(b_mask[i], sel, 0))
+        with m.If(adv):
+            m.d.sync += self.ops.valid.eq(b_valid)
+            with m.If(b_valid):
+                m.d.sync += [self.ops.payload.eq(b_op), self.ops.payload.acts.eq(acts),
+                             self.op_quant.eq(b_q)]
+
+        # ---- row hand-over -------------------------------------------------------------
+        w_in, i_in, q_in = self.weights, self.info, self.quant
+        pair = Signal()
+        take = Signal()
+        m.d.comb += [
+            pair.eq(w_in.valid & i_in.valid & (~w_in.payload.first | q_in.valid)),
+            take.eq(pair & (~held_valid | (issue & row_end))),
+            w_in.ready.eq(take), i_in.ready.eq(take),
+            q_in.ready.eq(take & w_in.payload.first),
+        ]
+        with m.If(take):
+            m.d.sync += [held_w.eq(w_in.payload), held_i.eq(i_in.payload)]
+            with m.If(w_in.payload.first):
+                m.d.sync += held_q.eq(q_in.payload)
+        with m.Elif(issue & row_end):
+            m.d.sync += held_valid.eq(0)
+        with m.If(take):
+            m.d.sync += held_valid.eq(1)
+
+        # ---- position counters -----------------------------------------------------------
+        with m.If(issue):
+            with m.If(row_end):
+                m.d.sync += t.eq(0)
+                with m.If(tile_end):
+                    m.d.sync += [cur.eq(nxt), snap.eq(nxt), tile.eq(tile + 1),
+                                 tile_size.eq(Mux(tile + 2 == d.N_TILES, d.LAST_TILE,
+                                                  d.TILE))]
+                with m.Else():
+                    m.d.sync += cur.eq(snap)
+            with m.Else():
+                m.d.sync += [t.eq(t + 1), cur.eq(nxt)]
+
+        with m.If(self.layer_start):
+            m.d.sync += [cur.eq(first_pos), snap.eq(first_pos), t.eq(0), tile.eq(0),
+                         tile_size.eq(Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)),
+                         held_valid.eq(0)]
+        return m

@@ -1,0 +1,194 @@
+"""Result writer: MAC-lane results into the activation banks, in the next layer's layout.
+
+Results arrive one output position at a time with the ``lanes`` channels of the current
+group.  Two layouts (``docs/architecture.md``):
+
+* **feature map** (default): the ``lanes`` values are one bank word — channel group
+  ``g``, line ``oy``, column ``ox`` go to bank ``ox % S``, address
+  ``OUT_BASE + b*OUT_PITCH + g*OUT_CGP + oy*OUT_WQ + ox // S``.  One write per result,
+  so the writer keeps up with the MAC lanes.
+* **scatter** (``FLAG_SCATTER``, the layer feeds a fully connected one): channel ``c``
+  of position ``p`` is element ``f = c*OUT_HW + p`` of the flattened output (PyTorch
+  order), stored as the next layer reads its input — row ``f // S`` is channel
+  ``f // S`` of a ``1 x S`` line: bank ``f % S``, address ``OUT_BASE + b*OUT_PITCH +
+  (f // S) // lanes``, lane ``(f // S) % lanes``.  One element per cycle.
+
+Position counters mirror the sequencer's, so the writer needs no address from the MAC
+lanes; it checks that the result's accumulator address is the one it expects and raises
+``error`` if not (a datapath bug, never expected).
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.arith import divmod_const
+from hw.config import SDConfig
+from hw.descriptor import FLAG_SCATTER, descriptor_layout, geometry
+from hw.layouts import results_layout
+
+__all__ = ["ResultWriter"]
+
+
+class ResultWriter(wiring.Component):
+    """Writes every result of a layer; pulses ``done`` after the final one.
+
+    Parameters
+    ----------
+    config : SDConfig
+    fifo_depth : int
+        Results buffered in front of the writer, so the MAC lanes do not wait while a
+        scatter layer writes element by element.
+
+    Attributes
+    ----------
+    desc : In(descriptor_layout(config)); layer_start : In(1)
+    results : In(stream.Signature(results_layout(config)))
+    wr_addr : Out(ArrayLayout(act bank address, S))
+    wr_data : Out(ArrayLayout(lanes * act_bits, S))
+    wr_en : Out(ArrayLayout(lanes, S))
+        Per bank, one enable bit per lane.
+    done : Out(1)
+        Pulse in the cycle after the layer's final write.
+    error : Out(1)
+        Pulse: a result's ``addr`` differed from the expected position.
+    writes : Out(1)
+        High in a cycle with a write (energy counter).
+    """
+
+    def __init__(self, config: SDConfig, fifo_depth: int = 32):
+        self.config = config
+        self.fifo_depth = fifo_depth
+        g = geometry(config)
+        S, L = config.basis_size, config.lanes
+        super().__init__({
+            "desc": In(descriptor_layout(config)),
+            "layer_start": In(1),
+            "results": In(stream.Signature(results_layout(config))),
+            "wr_addr": Out(data.ArrayLayout(unsigned(g.act), S)),
+            "wr_data": Out(data.ArrayLayout(unsigned(L * config.act_bits), S)),
+            "wr_en": Out(data.ArrayLayout(unsigned(L), S)),
+            "done": Out(1),
+            "error": Out(1),
+            "writes": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg, d = self.config, self.desc
+        S, L, ab = cfg.basis_size, cfg.lanes, cfg.act_bits
+        g = geometry(cfg)
+        m = Module()
+        rl = results_layout(cfg)
+        m.submodules.buf = buf = fifo.SyncFIFOBuffered(width=rl.size, depth=self.fifo_depth)
+        m.d.comb += [buf.w_data.eq(self.results.payload), buf.w_en.eq(self.results.valid),
+                     self.results.ready.eq(buf.w_rdy)]
+        res = Signal(rl)
+        m.d.comb += res.eq(buf.r_data)
+
+        a = g.act + 2
+        pos = data.StructLayout({
+            "b": unsigned(g.dim), "oy": unsigned(g.dim), "ox": unsigned(g.dim),
+            "oxq": unsigned(g.dim), "oxm": unsigned(g.s_bits),
+            "line": unsigned(a + g.dim), "img": unsigned(a + g.dim),
+            "pimg": unsigned(g.dim + 1),
+        })
+        cur, snap, nxt = Signal(pos), Signal(pos), Signal(pos)
+        t = Signal(range(cfg.acc_depth + 1))
+        tile = Signal(g.dim)
+        tile_size = Signal(g.tile)
+        group = Signal(cfg.group_bits)
+        grp_off = Signal(a + g.dim)           # group * OUT_CGP
+        gbase = Signal(g.dim + cfg.lane_bits + 2)   # group * lanes * OUT_HW (scatter)
+        cbase = Signal(range(cfg.quant_depth + L + 1))   # group * lanes
+        running = Signal()
+        lidx = Signal(range(L + 1))
+        fcur = Signal(g.dim + cfg.lane_bits + 3)
+
+        scatter = Signal()
+        m.d.comb += scatter.eq((d.FLAGS & FLAG_SCATTER) != 0)
+
+        # ---- next position ---------------------------------------------------------------
+        m.d.comb += nxt.eq(cur)
+        with m.If(cur.ox + 1 < d.OUT_W):
+            m.d.comb += [nxt.ox.eq(cur.ox + 1), nxt.pimg.eq(cur.pimg + 1)]
+            with m.If(cur.oxm == S - 1):
+                m.d.comb += [nxt.oxm.eq(0), nxt.oxq.eq(cur.oxq + 1)]
+            with m.Else():
+                m.d.comb += nxt.oxm.eq(cur.oxm + 1)
+        with m.Else():
+            m.d.comb += [nxt.ox.eq(0), nxt.oxq.eq(0), nxt.oxm.eq(0)]
+            with m.If(cur.oy + 1 < d.OUT_H):
+                m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.line.eq(cur.line + d.OUT_WQ),
+                             nxt.pimg.eq(cur.pimg + 1)]
+            with m.Else():
+                m.d.comb += [nxt.oy.eq(0), nxt.line.eq(0), nxt.pimg.eq(0),
+                             nxt.b.eq(cur.b + 1), nxt.img.eq(cur.img + d.OUT_PITCH)]
+
+        # ---- one result: feature-map word, or the scatter of its lanes --------------------
+        remaining = Signal(range(cfg.quant_depth + L + 1))
+        n_lanes = Signal(range(L + 1))
+        m.d.comb += [remaining.eq(d.COUT - cbase),
+                     n_lanes.eq(Mux(remaining < L, remaining, L))]
+        have = Signal()
+        m.d.comb += have.eq(buf.r_rdy & running)
+        finish = Signal()                     # the result at the FIFO head is complete
+        m.d.comb += finish.eq(have & (~scatter | (lidx + 1 >= n_lanes)))
+        m.d.comb += [buf.r_en.eq(finish), self.writes.eq(have)]
+
+        # feature map
+        fm_addr = Signal(a + g.dim + 2)
+        m.d.comb += fm_addr.eq(d.OUT_BASE + cur.img + grp_off + cur.line + cur.oxq)
+        # scatter: element f of the flattened output
+        f = Signal(len(fcur))
+        m.d.comb += f.eq(Mux(lidx == 0, gbase + cur.pimg, fcur))
+        row, bank = divmod_const(m, f, S, len(f), "sc_row")
+        cg, lane = divmod_const(m, row, L, len(f), "sc_cg")
+        sc_addr = Signal(a + g.dim + 2)
+        m.d.comb += sc_addr.eq(d.OUT_BASE + cur.img + cg)
+        value = Signal(ab)
+        m.d.comb += value.eq(res.values.as_value().word_select(lidx[:max(1, (L - 1).bit_length())]
+                                                               if L > 1 else 0, ab))
+        for j in range(S):
+            with m.If(have):
+                with m.If(scatter):
+                    m.d.comb += [self.wr_addr[j].eq(sc_addr), self.wr_data[j].eq(
+                        Cat(*[value] * L)), self.wr_en[j].eq(Mux(bank == j, 1 << lane, 0))]
+                with m.Else():
+                    m.d.comb += [self.wr_addr[j].eq(fm_addr),
+                                 self.wr_data[j].eq(res.values.as_value()),
+                                 self.wr_en[j].eq(Mux(cur.oxm == j, (1 << L) - 1, 0))]
+        with m.If(have & scatter):
+            with m.If(finish):
+                m.d.sync += lidx.eq(0)
+            with m.Else():
+                m.d.sync += [lidx.eq(lidx + 1), fcur.eq(f + d.OUT_HW)]
+
+        # ---- counters after a finished result ------------------------------------------------
+        m.d.sync += [self.done.eq(0), self.error.eq(0)]
+        with m.If(finish):
+            with m.If(res.addr != t):
+                m.d.sync += self.error.eq(1)
+            with m.If(t + 1 == tile_size):
+                m.d.sync += t.eq(0)
+                with m.If(group + 1 == d.N_GROUPS):
+                    m.d.sync += [group.eq(0), grp_off.eq(0), gbase.eq(0), cbase.eq(0),
+                                 cur.eq(nxt), snap.eq(nxt), tile.eq(tile + 1),
+                                 tile_size.eq(Mux(tile + 2 == d.N_TILES, d.LAST_TILE,
+                                                  d.TILE))]
+                    with m.If(tile + 1 == d.N_TILES):
+                        m.d.sync += [running.eq(0), self.done.eq(1)]
+                with m.Else():
+                    m.d.sync += [group.eq(group + 1), grp_off.eq(grp_off + d.OUT_CGP),
+                                 gbase.eq(gbase + d.OUT_HW * L), cbase.eq(cbase + L),
+                                 cur.eq(snap)]
+            with m.Else():
+                m.d.sync += [t.eq(t + 1), cur.eq(nxt)]
+
+        with m.If(self.layer_start):
+            m.d.sync += [cur.eq(0), snap.eq(0), t.eq(0), tile.eq(0), group.eq(0),
+                         grp_off.eq(0), gbase.eq(0), cbase.eq(0), lidx.eq(0),
+                         tile_size.eq(Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)),
+                         running.eq(1)]
+        return m
