@@ -83,6 +83,8 @@ class Stat:
                 "q3": self.q3, "n": self.n, "unit": self.unit}
 
     def __str__(self) -> str:
+        if self.n == 1 or self.min == self.max:
+            return f"{self.median:.4g} {self.unit} (n={self.n})"
         return f"{self.median:.4g} {self.unit} [{self.min:.4g}, {self.max:.4g}] (n={self.n})"
 
 
