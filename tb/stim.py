@@ -201,3 +201,27 @@ RTL_CONFIGS: dict[str, SDConfig] = {
                          block_rows=7, max_rows=200, acc_bits=40, bias_bits=32, mult_bits=20,
                          shift_bits=7, acc_depth=32, quant_depth=32, ce_word_bits=64),
 }
+
+
+def digits_qnet(n_calib: int = 256):
+    """The bundled digits network as a `QNet`, and its data split.
+
+    Loads the shipped SD checkpoint (`golden.models.load_checkpoint`) and quantizes it
+    with ``n_calib`` training images (`golden.qnet.build_qnet`).  Returns
+    ``(qnet, split)``.
+    """
+    from golden.data import load_digits_split
+    from golden.models import load_checkpoint
+    from golden.qnet import build_qnet
+
+    split = load_digits_split()
+    model, config = load_checkpoint()
+    return build_qnet(model, config, split.x_train[:n_calib]), split
+
+
+def layer_inputs(qnet, x_int) -> list:
+    """Integer input of every layer of ``qnet`` for the network input ``x_int``."""
+    from golden.reference import run_int
+
+    outs = run_int(qnet, x_int, return_all=True)
+    return [x_int] + outs[:-1]
