@@ -6,8 +6,9 @@ One call, `run_flow`, takes a Verilog design (or an Amaranth component, via
 1. ``synth_ecp5`` / ``synth_ice40`` of the design (wrapped in the measurement harness of
    `fpga.harness` unless the design is a board top with its own pins), flattened as it
    would be for a bitstream;
-2. a second, hierarchy-preserving synthesis whose ``stat -json`` gives LUT / FF / BRAM /
-   DSP per module (per block: decoder, basis array, MAC lanes, ...);
+2. a synthesis of the design alone and of each of its blocks (decoder, basis array, MAC
+   lanes, memories, ...) as its own top, whose ``stat -json`` gives LUT / FF / BRAM / DSP
+   per block (`block_stats`);
 3. a check that the design fits the device (refused with a message naming the resource);
 4. ``nextpnr-ecp5`` / ``nextpnr-ice40`` with ``--report``: Fmax per clock, used and
    available resources, and the critical path (cells, blocks and HDL source lines on it).
@@ -47,7 +48,8 @@ from fpga.tools import ToolError, ToolchainError, check_toolchain, run_tool
 __all__ = [
     "VerilogDesign", "FitError", "amaranth_design", "module_ports", "synthesize",
     "place_and_route", "parse_stat", "module_totals", "categorise", "parse_pnr_report",
-    "check_fit", "run_flow", "block_of", "block_breakdown", "CATEGORIES",
+    "check_fit", "run_flow", "block_of", "block_breakdown", "block_stats", "block_targets",
+    "verilog_modules", "CATEGORIES",
 ]
 
 CATEGORIES = ("lut", "ff", "bram", "dsp", "lutram", "spram")
@@ -200,9 +202,36 @@ def synthesize(design: VerilogDesign, dev: Device, workdir: Path, *, top: str,
     tag = "flat" if flatten else "hier"
     stat = workdir / f"stat_{tag}.json"
     netlist = workdir / "netlist.json"
-    opts = [f"-top {_yname(top)}"]
+    opts = _synth_options(dev, top, dsp)
     if not flatten:
         opts.append("-noflatten")
+    cwd = _tool_cwd(design, workdir)
+    log = workdir / f"synth_{tag}.log"
+    for fallback in ([], ["-dff"]):
+        cmds = [*_read_cmds(design, cwd),
+                *(f"read_verilog -sv {_rel(f, cwd)}" for f in extra_files),
+                f"{dev.synth_command} {' '.join(opts + fallback)}",
+                f"tee -q -o {_rel(stat, cwd)} stat -json",
+                f"tee -q -o {_rel(workdir / f'stat_{tag}.txt', cwd)} stat"]
+        if flatten:
+            cmds.append(f"write_json {_rel(netlist, cwd)}")
+        script = workdir / f"synth_{tag}.ys"
+        script.write_text("\n".join(cmds) + "\n")
+        try:
+            seconds = run_tool("yosys", ["-q", "-l", _rel(workdir / f"synth_{tag}.full.log", cwd),
+                                         "-s", _rel(script, cwd)], log, cwd, timeout_s)
+            break
+        except ToolError as exc:
+            # yosys 0.70 ABC9 abort on some designs: retry once with -dff (see _synth_stat)
+            if fallback or "count_id" not in str(exc):
+                raise
+    return {"modules": parse_stat(stat), "netlist": str(netlist) if flatten else None,
+            "seconds": round(seconds, 2), "log": str(log),
+            "fallback": " ".join(fallback) or None}
+
+
+def _synth_options(dev: Device, top: str, dsp: bool) -> list[str]:
+    opts = [f"-top {_yname(top)}"]
     if dev.family == "ecp5" and not dsp:
         opts.append("-nodsp")
     if dev.family == "ice40":
@@ -210,20 +239,102 @@ def synthesize(design: VerilogDesign, dev: Device, workdir: Path, *, top: str,
             opts.append("-dsp")
         if dev.capacity.get("spram", 0) > 0:
             opts.append("-spram")
+    return opts
+
+
+_MODULE = re.compile(r"^\s*module\s+(\\\S+|[A-Za-z_][A-Za-z0-9_$]*)", re.M)
+
+
+def verilog_modules(files: Iterable[Path]) -> list[str]:
+    """Module names defined in Verilog files (escaped names without their backslash)."""
+    names = []
+    for f in files:
+        names += [n.lstrip("\\") for n in _MODULE.findall(Path(f).read_text(errors="replace"))]
+    return names
+
+
+def block_targets(modules: list[str], top: str, depth: int = 2) -> list[str]:
+    """Submodules of ``top`` measured one by one: the leaves of its tree cut at ``depth``.
+
+    Amaranth names the module of submodule ``a.b`` of top ``T`` ``T.a.b``.  A block with
+    children inside the cut is represented by those children (its own glue goes to the
+    top's remainder), so no logic is counted twice.
+    """
+    prefix = top + "."
+    inside = [m for m in modules if m.startswith(prefix) and m[len(prefix):].count(".") < depth]
+    return [m for m in inside if not any(o.startswith(m + ".") for o in inside)]
+
+
+def _synth_stat(design: VerilogDesign, dev: Device, workdir: Path, target: str, tag: str,
+                dsp: bool, timeout_s) -> tuple[dict, float, "str | None"]:
+    """Synthesize ``target`` of ``design`` alone; return its cells, time and fallback used.
+
+    yosys 0.70's ABC9 step aborts on some modules (``ABC_OPS_REINTEGRATE``: assertion
+    ``count_id(wire->name) == 0``); such a module is synthesized again with ``-dff``
+    (ABC9 also maps the flip-flops), which avoids the abort.
+    """
     cwd = _tool_cwd(design, workdir)
-    cmds = [*_read_cmds(design, cwd), *(f"read_verilog -sv {_rel(f, cwd)}" for f in extra_files),
-            f"{dev.synth_command} {' '.join(opts)}",
-            f"tee -q -o {_rel(stat, cwd)} stat -json",
-            f"tee -q -o {_rel(workdir / f'stat_{tag}.txt', cwd)} stat"]
-    if flatten:
-        cmds.append(f"write_json {_rel(netlist, cwd)}")
-    script = workdir / f"synth_{tag}.ys"
-    script.write_text("\n".join(cmds) + "\n")
-    log = workdir / f"synth_{tag}.log"
-    seconds = run_tool("yosys", ["-q", "-l", _rel(workdir / f"synth_{tag}.full.log", cwd),
-                                 "-s", _rel(script, cwd)], log, cwd, timeout_s)
-    return {"modules": parse_stat(stat), "netlist": str(netlist) if flatten else None,
-            "seconds": round(seconds, 2), "log": str(log)}
+    out = workdir / f"stat_{tag}.json"
+    for extra in ([], ["-dff"]):
+        cmds = [*_read_cmds(design, cwd),
+                f"{dev.synth_command} {' '.join(_synth_options(dev, target, dsp) + extra)}",
+                f"tee -q -o {_rel(out, cwd)} stat -json"]
+        script = workdir / f"synth_{tag}.ys"
+        script.write_text("\n".join(cmds) + "\n")
+        log = workdir / f"synth_{tag}.log"
+        try:
+            seconds = run_tool("yosys", ["-q", "-l", _rel(workdir / f"synth_{tag}.full.log", cwd),
+                                         "-s", _rel(script, cwd)], log, cwd, timeout_s)
+        except ToolError as exc:
+            if extra or "count_id" not in str(exc):
+                raise
+            continue
+        return parse_stat(out), seconds, " ".join(extra) or None
+    raise AssertionError("unreachable")
+
+
+def block_stats(design: VerilogDesign, dev: Device, workdir: Path, *, depth: int = 2,
+                dsp: bool = True, timeout_s: "float | None" = None) -> dict:
+    """Per-block resources: the design and each block of `block_targets` synthesized alone.
+
+    Each block is measured without optimisation across its ports, like a
+    hierarchy-preserving synthesis; separate runs sidestep ``-noflatten``, whose ABC9 step
+    aborts on Amaranth hierarchies in yosys 0.70.  A block whose synthesis fails is listed
+    with ``None`` figures under ``"failed"``.
+
+    Returns
+    -------
+    dict
+        ``blocks``: ``{"(total)": design, "<path>": block, ..., "(top logic)": total
+        minus the blocks (clipped at 0)}``; ``seconds``; ``fallbacks`` (blocks that needed
+        ``-dff``); ``failed`` (block -> error).
+    """
+    workdir = Path(workdir) / "blocks"
+    workdir.mkdir(parents=True, exist_ok=True)
+    prefix = design.top + "."
+    targets = [design.top, *block_targets(verilog_modules(design.files), design.top, depth)]
+    blocks: dict = {}
+    fallbacks, failed, seconds = {}, {}, 0.0
+    for i, target in enumerate(targets):
+        name = "(total)" if target == design.top else target[len(prefix):]
+        try:
+            modules, t, fallback = _synth_stat(design, dev, workdir, target, f"b{i}", dsp,
+                                               timeout_s)
+        except ToolError as exc:
+            if target == design.top:
+                raise
+            failed[name] = str(exc)
+            continue
+        seconds += t
+        if fallback:
+            fallbacks[name] = fallback
+        blocks[name] = categorise(module_totals(modules, target), dev.family)
+    total = blocks["(total)"]
+    blocks["(top logic)"] = {k: max(0, v - sum(b[k] for p, b in blocks.items()
+                                               if not p.startswith("(")))
+                             for k, v in total.items()}
+    return {"blocks": blocks, "seconds": round(seconds, 2), "fallbacks": fallbacks,
+            "failed": failed}
 
 
 def parse_stat(path: "str | Path") -> dict[str, dict[str, int]]:
@@ -265,7 +376,7 @@ def categorise(cells: dict[str, int], family: str) -> dict[str, int]:
 
 
 def block_breakdown(modules: dict[str, dict[str, int]], top: str, family: str,
-                    depth: int = 2) -> dict[str, dict[str, int]]:
+                    depth: int = 3) -> dict[str, dict[str, int]]:
     """Per-block resources of design ``top``: itself, then submodules by path.
 
     Amaranth names the module of submodule ``a.b`` of top ``T`` ``T.a.b``; blocks down to
@@ -463,7 +574,7 @@ def run_flow(design: VerilogDesign, dev: "str | Device", workdir: "str | Path", 
     constraints : Path, optional
         Pin constraints (``.lpf``/``.pcf``) for board tops.
     per_block : bool
-        Also run the hierarchy-preserving synthesis for per-block figures.
+        Also synthesize the design and its blocks alone for per-block figures.
     dsp : bool
         Allow DSP blocks (False maps multipliers to LUTs).
 
@@ -507,13 +618,15 @@ def run_flow(design: VerilogDesign, dev: "str | Device", workdir: "str | Path", 
         flat = synthesize(design, dev, workdir, top=top, extra_files=extra, dsp=dsp,
                           timeout_s=timeout_s)
         used = categorise(module_totals(flat["modules"], top), dev.family)
-        result["synth"] = {"utilisation": used, "seconds": flat["seconds"]}
+        result["synth"] = {"utilisation": used, "seconds": flat["seconds"],
+                           "fallback": flat["fallback"]}
         if per_block:
             say(f"{design.label} @ {dev.name}: per-block synthesis")
-            hier = synthesize(design, dev, workdir, top=top, extra_files=extra, dsp=dsp,
-                              flatten=False, timeout_s=timeout_s)
-            result["blocks"] = block_breakdown(hier["modules"], design.top, dev.family)
-            result["synth"]["hier_seconds"] = hier["seconds"]
+            per = block_stats(design, dev, workdir, dsp=dsp, timeout_s=timeout_s)
+            result["blocks"] = per["blocks"]
+            result["synth"]["blocks_seconds"] = per["seconds"]
+            result["synth"]["blocks_fallback"] = per["fallbacks"]
+            result["synth"]["blocks_failed"] = per["failed"]
         check_fit(used, dev, f"{design.label}" + (" (with measurement harness)" if harness else ""))
         say(f"{design.label} @ {dev.name}: place and route")
         pnr = place_and_route(flat["netlist"], dev, workdir, target_mhz=result["target_mhz"],

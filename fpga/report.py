@@ -19,12 +19,13 @@ __all__ = ["Check", "block_groups", "markdown", "write_json", "plot", "run_row",
 #: the hierarchical synthesis (first match wins; a path matches a pattern when the pattern
 #: is one of its dot-separated parts or the start of the last one).
 GROUPS = (
-    ("decoder", ("decoder", "dec")),
-    ("basis array", ("basis_array", "basis")),
-    ("dense reader", ("reader", "dense_reader", "dense")),
-    ("MAC lanes", ("mac", "mac_lanes", "lanes")),
-    ("host interface", ("host", "axil", "axis", "regs", "csr", "bridge", "loader")),
-    ("memories", ("mem", "ram", "ce_mem", "basis_mem", "act_mem", "out_mem", "quant_mem")),
+    ("decoder", ("decoder",)),
+    ("basis array", ("basis_array",)),
+    ("dense reader", ("reader", "dense_reader")),
+    ("MAC lanes", ("mac", "mac_lanes")),
+    ("host interface", ("host", "bridge")),
+    ("control", ("ctrl", "controller", "seq", "sequencer")),
+    ("memories", ("mem", "ram", "desc_ram")),
 )
 
 
@@ -59,37 +60,41 @@ def fmt(value, digits: int = 1) -> str:
 
 
 def _matches(path: str, patterns) -> bool:
-    parts = path.split(".")
-    return any(p in parts or parts[-1].startswith(p) for p in patterns)
+    last = path.split(".")[-1]
+    return any(last == p or last.startswith(p + "_") for p in patterns)
 
 
 def block_groups(blocks: dict) -> dict[str, dict[str, int]]:
-    """Sum the per-block figures of one run into `GROUPS` (top-level blocks only).
+    """Sum the per-block figures of one run into `GROUPS`.
 
-    ``memories`` additionally collects every block RAM wherever it sits (Amaranth places a
-    memory inside the module that declares it), so BRAM appears once, under memories;
-    ``other`` is the rest of the total.
+    A block belongs to the first group one of its path parts matches; a block inside an
+    already counted block is not counted again.  ``memories`` collects every block RAM
+    wherever it sits (Amaranth places a memory inside the module that declares it), so
+    BRAM and SPRAM appear once, under memories; ``other`` is the rest of the total
+    (control, host interface glue, the top's own logic).
     """
     if not blocks:
         return {}
     total = blocks["(total)"]
     out = {name: {k: 0 for k in total} for name, _ in GROUPS}
-    top_level = [p for p in blocks if not p.startswith("(") and "." not in p]
-    for path in top_level:
+    counted: list[str] = []
+    for path in sorted((p for p in blocks if not p.startswith("(")), key=lambda p: p.count(".")):
+        if any(path.startswith(c + ".") for c in counted):
+            continue
         for name, patterns in GROUPS:
             if _matches(path, patterns):
                 for k, v in blocks[path].items():
                     out[name][k] += v
+                counted.append(path)
                 break
-    # Block RAMs and distributed RAMs counted under memories only.
     for name, _ in GROUPS:
         if name != "memories":
             for k in ("bram", "spram"):
                 out[name][k] = 0
     for k in ("bram", "spram"):
         out["memories"][k] = total.get(k, 0)
-    counted = {k: sum(g[k] for g in out.values()) for k in total}
-    out["other"] = {k: max(0, total[k] - counted[k]) for k in total}
+    summed = {k: sum(g[k] for g in out.values()) for k in total}
+    out["other"] = {k: max(0, total[k] - summed[k]) for k in total}
     return {name: v for name, v in out.items() if any(v.values())}
 
 

@@ -112,8 +112,15 @@ def run_tool(name: str, args: "list[str]", log: Path, cwd: Path,
                             log) from None
     seconds = time.monotonic() - start
     if proc.returncode != 0:
-        raise ToolError(f"{name} failed (exit {proc.returncode}): {error_summary(log)} "
-                        f"(full log: {log})", log)
+        # With -q the ERROR line may be only in the -l log file.
+        logs = [log]
+        if "-l" in args:
+            logs.insert(0, Path(cwd) / args[args.index("-l") + 1])
+        summary = next((error_summary(p) for p in logs
+                        if Path(p).is_file() and "ERROR" in Path(p).read_text(errors="replace")),
+                       error_summary(log))
+        raise ToolError(f"{name} failed (exit {proc.returncode}): {summary} "
+                        f"(full log: {logs[0]})", logs[0])
     return seconds
 
 

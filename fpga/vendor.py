@@ -6,8 +6,10 @@ test checks that every referenced file exists.  Both build the accelerator out o
 (it is an IP block: its AXI ports are not package pins), run synthesis and
 implementation, and write utilisation and timing reports into ``<tool>/reports/``.
 
-* ``vivado/build.tcl``: ``vivado -mode batch -source vivado/build.tcl [-tclargs PART]``
-* ``quartus/build.tcl``: ``quartus_sh -t quartus/build.tcl [FAMILY DEVICE]``
+* ``vivado/<script>``: ``vivado -mode batch -source vivado/build.tcl [-tclargs PART]``
+* ``quartus/<script>``: ``quartus_sh -t quartus/build.tcl [FAMILY DEVICE]``
+
+(``build.tcl`` for the SD accelerator, ``build_dense.tcl`` for the dense baseline.)
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ def _images(b: BuildFiles, kind: str) -> list[str]:
     return list(b.images.get(kind, ()))
 
 
-def vivado_files(b: BuildFiles, part: str = VIVADO_PART) -> dict[str, str]:
-    """``vivado/build.tcl`` and ``vivado/<top>.xdc`` for build ``b``."""
+def vivado_files(b: BuildFiles, part: str = VIVADO_PART,
+                 script: str = "build.tcl") -> dict[str, str]:
+    """``vivado/<script>`` and ``vivado/<top>.xdc`` for build ``b``."""
     xdc = "\n".join([
         f"# Clock constraint of {b.top} ({b.clock_mhz:g} MHz). Out-of-context build: the",
         "# accelerator's ports connect to the user's design, not to package pins.",
@@ -60,10 +63,10 @@ def vivado_files(b: BuildFiles, part: str = VIVADO_PART) -> dict[str, str]:
     ])
     mem_init = [*b.init_files, *_images(b, "mem")]
     tcl = [
-        *_header(b, "Vivado", "vivado -mode batch -source vivado/build.tcl [-tclargs PART]"),
+        *_header(b, "Vivado", f"vivado -mode batch -source vivado/{script} [-tclargs PART]"),
         f'set part "{part}"',
         "if {$argc > 0} { set part [lindex $argv 0] }",
-        f"create_project -force {b.name} [file join $script_dir project] -part $part",
+        f"create_project -force {b.name} [file join $script_dir project_{b.name}] -part $part",
         "set_property target_language Verilog [current_project]",
         *_list("rtl_files", b.verilog),
         "add_files -norecurse -fileset sources_1 $rtl_files",
@@ -95,7 +98,7 @@ def vivado_files(b: BuildFiles, part: str = VIVADO_PART) -> dict[str, str]:
         '    error "implementation of ' + b.top + ' failed: see the impl_1 run log"',
         "}",
         "open_run impl_1",
-        "set reports [file join $script_dir reports]",
+        f"set reports [file join $script_dir reports {b.name}]",
         "file mkdir $reports",
         "report_utilization -file [file join $reports utilization.rpt]",
         "report_utilization -hierarchical -file [file join $reports utilization_hier.rpt]",
@@ -103,12 +106,12 @@ def vivado_files(b: BuildFiles, part: str = VIVADO_PART) -> dict[str, str]:
         'puts "reports written to $reports"',
         "",
     ]
-    return {"vivado/build.tcl": "\n".join(tcl), f"vivado/{b.top}.xdc": xdc}
+    return {f"vivado/{script}": "\n".join(tcl), f"vivado/{b.top}.xdc": xdc}
 
 
 def quartus_files(b: BuildFiles, family: str = QUARTUS_FAMILY,
-                  device: str = QUARTUS_DEVICE) -> dict[str, str]:
-    """``quartus/build.tcl`` and ``quartus/<top>.sdc`` for build ``b``."""
+                  device: str = QUARTUS_DEVICE, script: str = "build.tcl") -> dict[str, str]:
+    """``quartus/<script>`` and ``quartus/<top>.sdc`` for build ``b``."""
     sdc = "\n".join([
         f"# Clock constraint of {b.top} ({b.clock_mhz:g} MHz).",
         f"create_clock -name {b.clock} -period {b.clock_period_ns:.3f} [get_ports {{{b.clock}}}]",
@@ -117,7 +120,7 @@ def quartus_files(b: BuildFiles, family: str = QUARTUS_FAMILY,
     ])
     virtual = [p for p in b.ports if p[0] != b.clock]
     tcl = [
-        *_header(b, "Quartus", "quartus_sh -t quartus/build.tcl [FAMILY DEVICE]"),
+        *_header(b, "Quartus", f"quartus_sh -t quartus/{script} [FAMILY DEVICE]"),
         "package require ::quartus::project",
         "package require ::quartus::flow",
         f'set family "{family}"',
@@ -148,7 +151,7 @@ def quartus_files(b: BuildFiles, family: str = QUARTUS_FAMILY,
         '    error "Quartus compilation of ' + b.top + ' failed: $message"',
         "}",
         "project_close",
-        "set reports [file join $script_dir reports]",
+        f"set reports [file join $script_dir reports {b.name}]",
         "file mkdir $reports",
         f"foreach kind {{map fit sta}} {{",
         f"    foreach ext {{summary rpt}} {{",
@@ -159,7 +162,7 @@ def quartus_files(b: BuildFiles, family: str = QUARTUS_FAMILY,
         'puts "reports written to $reports"',
         "",
     ]
-    return {"quartus/build.tcl": "\n".join(tcl), f"quartus/{b.top}.sdc": sdc}
+    return {f"quartus/{script}": "\n".join(tcl), f"quartus/{b.top}.sdc": sdc}
 
 
 def write_vendor_files(b: BuildFiles, **options) -> list[Path]:
@@ -175,8 +178,10 @@ def write_vendor_files(b: BuildFiles, **options) -> list[Path]:
         raise ValueError(f"build folder {b.root} lacks file(s) the vendor scripts reference: "
                          f"{missing}")
     written = []
-    files = {**vivado_files(b, **{k: v for k, v in options.items() if k == "part"}),
-             **quartus_files(b, **{k: v for k, v in options.items() if k in ("family", "device")})}
+    script = options.get("script", "build.tcl")
+    files = {**vivado_files(b, part=options.get("part", VIVADO_PART), script=script),
+             **quartus_files(b, family=options.get("family", QUARTUS_FAMILY),
+                             device=options.get("device", QUARTUS_DEVICE), script=script)}
     for rel, text in files.items():
         path = Path(b.root) / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,7 @@ def test_failed_run_is_marked_failed_without_figures(tmp_path):
     bad.write_text("module broken(input clk, output reg q);\n  always @(posedge clk) q <= ;\nendmodule\n")
     r = run_flow(VerilogDesign("broken", (bad,)), "ice40-up5k", tmp_path / "run")
     assert r["status"] == "failed"
-    assert "yosys failed" in r["error"]
+    assert "yosys failed" in r["error"] and "syntax error" in r["error"]
     assert "fmax_mhz" not in r and "pnr" not in r and "synth" not in r
 
 

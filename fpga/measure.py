@@ -1,0 +1,208 @@
+"""What `smartdeal fpga-report` measures and how it judges it.
+
+* `build_for` writes the ``smartdeal verilog`` folder of a preset (accelerator, dense
+  baseline, the bundled network's memory images) and `design_of` points the flow at
+  one of its two tops, so the figures belong to the delivered Verilog;
+* `block_runs` measures each registered block alone, `board_run` a board wrapper with
+  its pin constraints;
+* `checks_for` evaluates the must-reach targets, `write_doc` writes ``docs/fpga.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from fpga import report
+from fpga.flow import VerilogDesign, amaranth_design, run_flow
+
+__all__ = ["TopUnavailable", "build_for", "design_of", "block_runs", "board_run",
+           "checks_for", "write_doc", "BLOCK_NAMES"]
+
+#: registry blocks measured alone with --blocks (the tops are measured by the plan)
+BLOCK_NAMES = ("shifter", "decoder", "basis_array", "mac", "dense")
+
+
+class TopUnavailable(RuntimeError):
+    """The accelerator top (or the bundled network) needed for a build is missing."""
+
+
+def build_for(preset_name: str, out: Path):
+    """Write (or reuse, when up to date) the build folder of ``preset_name``."""
+    try:
+        from scripts.verilog import write_build
+    except ImportError as exc:      # pragma: no cover - only while the tree is incomplete
+        raise TopUnavailable(f"scripts/verilog.py cannot write a build folder: {exc}") from None
+    from hw.config import preset
+    try:
+        return write_build(preset(preset_name), out, label=preset_name, progress=False)
+    except (ImportError, FileNotFoundError) as exc:
+        raise TopUnavailable(f"cannot build preset {preset_name!r}: {exc}") from None
+
+
+def design_of(build, kind: str) -> VerilogDesign:
+    """The flow's view of the SD (``"sd"``) or dense (``"dense"``) top of a build."""
+    b = build.sd if kind == "sd" else build.dense
+    root = Path(b.root)
+    return VerilogDesign(top=b.top, files=tuple(root / f for f in b.verilog),
+                         data_dir=root / b.init_dir, clocks=(b.clock,), name=b.top)
+
+
+def block_runs(preset_name: str, dev: str, work: Path,
+               log: "Callable[[str], None] | None" = None) -> list[dict]:
+    """Each block of `BLOCK_NAMES` alone (harnessed) on ``dev``."""
+    from hw.config import preset
+    from hw.designs import DESIGNS, build, top_name
+
+    cfg = preset(preset_name)
+    out = []
+    for name in BLOCK_NAMES:
+        if name not in DESIGNS:
+            continue
+        d = amaranth_design(build(name, cfg), top_name(name), work / preset_name / name,
+                            name=name)
+        r = run_flow(d, dev, work / preset_name / name / dev, log=log)
+        r["preset"], r["kind"] = preset_name, "block"
+        out.append(r)
+    return out
+
+
+def board_run(board_name: str, preset_name: str, work: Path,
+              log: "Callable[[str], None] | None" = None) -> dict:
+    """Place and route the board wrapper of ``board_name`` with its pin constraints.
+
+    The accelerator inside holds the bundled network's weights (``$readmemh`` images of
+    the preset's build folder); the bitstream is packed too.
+    """
+    from fpga.board import BoardTop, board
+    from hw.config import preset
+
+    bd = board(board_name)
+    out = work / board_name
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        built = build_for(preset_name, work.parent / "verilog" / preset_name)
+        core = built.make_core("sd")
+        top = BoardTop(bd, core)
+        design = amaranth_design(top, bd.top_name, built.sd.root / built.sd.init_dir,
+                                 name=bd.top_name)
+        extra = tuple(Path(built.sd.root) / f for f in built.sd.verilog
+                      if not f.endswith(f"{built.sd.top}.v"))
+        design = VerilogDesign(top=design.top, files=design.files + extra,
+                               data_dir=design.data_dir, clocks=(bd.clk_pin,), name=design.name)
+    except (TopUnavailable, ValueError, TypeError) as exc:
+        return {"design": bd.top_name, "device": bd.device, "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}", "board": board_name,
+                "preset": preset_name, "kind": "board"}
+    r = run_flow(design, bd.device, out / "pnr", harness=False,
+                 constraints=bd.constraints_path, target_mhz=bd.clk_hz / 1e6,
+                 bitstream=True, log=log)
+    r.update(board=board_name, preset=preset_name, kind="board")
+    return r
+
+
+def _find(runs, preset_name, device, kind):
+    for r in runs:
+        if r.get("preset") == preset_name and r.get("device") == device and r.get("kind") == kind:
+            return r
+    return None
+
+
+def checks_for(pairs, builds) -> list[report.Check]:
+    """The must-reach targets of the FPGA flow, from one set of runs."""
+    runs = [r for _, sd, dn in pairs for r in (sd, dn)]
+    checks = []
+    sd25 = _find(runs, "default", "ecp5-25k", "sd")
+    ok = sd25 is not None and sd25["status"] == "ok"
+    checks.append(report.Check(
+        "default preset on ECP5-25k: Fmax after P&R (MHz)",
+        sd25["fmax_mhz"] if ok else None, 100.0, ">=",
+        "SD accelerator, nextpnr-ecp5 --25k" + ("" if sd25 is None else
+                                                 f", aim 150; status {sd25['status']}")))
+    groups = report.block_groups(sd25.get("blocks") or {}) if ok else {}
+    rebuild = [groups.get(g, {}) for g in ("decoder", "basis array")]
+    checks.append(report.Check(
+        "rebuild path (decoder + basis array) DSP blocks",
+        sum(g.get("dsp", 0) for g in rebuild) if groups else None, 0, "<=",
+        "default preset, ECP5-25k, hierarchical synthesis"))
+    mac_lut = groups.get("MAC lanes", {}).get("lut")
+    checks.append(report.Check(
+        "LUT(decoder + basis array) / LUT(MAC lanes)",
+        sum(g.get("lut", 0) for g in rebuild) / mac_lut if mac_lut else None, 0.30, "<=",
+        "default preset, ECP5-25k, multipliers in DSP blocks where the tools map them"))
+    ratio = None
+    for b in builds.values():
+        st = getattr(b, "storage", None)
+        if st and st.get("dense_bits"):
+            ratio = st["sd_bits"] / st["dense_bits"]
+            break
+    checks.append(report.Check(
+        "bundled network: weight memory bits SD / dense", ratio, 1 / 3, "<=",
+        "packed Ce + basis + index bits vs int8 dense weights (golden export storage report)"))
+    tiny = _find(runs, "tiny", "ice40-up5k", "sd") or _find(runs, "tiny", "ice40-hx8k", "sd")
+    checks.append(report.Check(
+        "tiny preset fits an iCE40 with the network's weights on chip (1 = placed and routed)",
+        (1.0 if tiny["status"] == "ok" else 0.0) if tiny else None, 1.0, ">=",
+        f"{tiny['device']}: {tiny['status']}" + (f" ({tiny['error']})" if tiny and tiny.get('error') else "")
+        if tiny else "not run"))
+    return checks
+
+
+def write_doc(path: Path, pairs, runs, checks, block_results, board_results, builds,
+              seconds: float) -> Path:
+    """``docs/fpga.md`` and its plot from one report run."""
+    path = Path(path)
+    plot = report.plot(path.with_name("fpga_resources.png"), pairs)
+    tools = next((r["tools"] for r in runs if r.get("tools")), {})
+    intro = [
+        "Generated by `make fpga-report` (`smartdeal fpga-report`) on "
+        f"{time.strftime('%Y-%m-%d')} in {seconds / 60:.1f} min; all figures come from this one run. "
+        "Do not edit by hand.",
+        "",
+        "Tools: " + "; ".join(f"{k}: {v}" for k, v in tools.items()) + ".",
+        "",
+        "Method: the accelerator (`smartdeal verilog` output, the bundled network's weights "
+        "in its memories) is synthesized with `synth_ecp5` / `synth_ice40` and placed and "
+        "routed with nextpnr (seed 1, `--timing-allow-fail`, Fmax from its `--report`). Its "
+        "host ports are reached through a measurement harness (a scan flip-flop per port bit, "
+        "`fpga/harness.py`), so every path is register to register as inside a system; "
+        "the harness's flip-flops are included in the P&R utilisation but not in the "
+        "per-block figures, which come from a second, hierarchy-preserving synthesis. "
+        "LUT counts ECP5 carry cells as two LUT4s. A failed run shows FAILED and no figure.",
+    ]
+    sections = [("Must-reach targets", report._table(
+        ["target", "measured", "bound", "status", "detail"],
+        [[c.name, report.fmt(c.value, 3), f"{c.kind} {report.fmt(c.bound, 3)}", c.status,
+          c.detail] for c in checks]))]
+    sections.append(("SD accelerator vs dense baseline", report.comparison_table(pairs)
+                     + ([f"", f"![resources]({plot.name})"] if plot else [])))
+    for label, sd, dn in pairs:
+        sections.append((f"Per block: {label} on {sd['device']}", report.blocks_table(sd, dn)))
+    cp_lines = [line for r in runs for line in report.critical_path_lines(r)]
+    sections.append(("Critical paths", cp_lines))
+    if block_results:
+        rows = [[r["design"], r["device"], r["status"], report.fmt(r.get("fmax_mhz")),
+                 report.fmt(report.run_row(r)["lut"]), report.fmt(report.run_row(r)["ff"]),
+                 report.fmt(report.run_row(r)["dsp"]), report.fmt(r.get("seconds"))]
+                for r in block_results]
+        sections.append(("Blocks alone (Fmax per block)", report._table(
+            ["block", "device", "status", "Fmax MHz", "LUT", "FF", "DSP", "time s"], rows)
+            + [""] + [line for r in block_results for line in report.critical_path_lines(r)]))
+    if board_results:
+        rows = []
+        for r in board_results:
+            row = report.run_row(r)
+            rows.append([r.get("board"), r["device"], r.get("preset"), r["status"],
+                         report.fmt(r.get("fmax_mhz")), report.fmt(r.get("target_mhz")),
+                         report.fmt(row["pnr_lut"]), report.fmt(row["bram"]),
+                         report.fmt(row["dsp"]),
+                         "yes" if r.get("pnr", {}).get("bitstream") else "no"])
+        sections.append(("Board wrappers (UART bridge, pin constraints)", report._table(
+            ["board", "device", "preset", "status", "Fmax MHz", "board clock MHz", "LUT",
+             "BRAM", "DSP", "bitstream"], rows)))
+    text = report.markdown("FPGA results", intro, sections)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

@@ -1,0 +1,178 @@
+"""`smartdeal fpga-report`: open-source synthesis and place-and-route of the presets.
+
+For each (preset, device) of the plan it builds the folder ``smartdeal verilog`` writes
+(so the measured Verilog is the delivered Verilog, with the bundled network's weights in
+the memories), runs `fpga.flow.run_flow` on the SD accelerator and on the dense
+baseline, and writes
+
+* ``fpga/reports/<preset>_<device>_<design>.json`` (one per run) and
+  ``fpga/reports/summary.json`` (all runs + the must-reach checks),
+* ``docs/fpga.md`` (SD vs dense side by side, per-block table, critical paths, checks),
+* ``docs/fpga_resources.png`` (one plot).
+
+``--blocks`` also measures every registered block alone; ``--boards`` places and routes
+the board wrappers (ULX3S, iCEBreaker) with their pin constraints.  A run that fails is
+reported as failed with its error, never with figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["add_arguments", "run", "PLAN", "BOARD_PLAN"]
+
+#: (preset, device) pairs measured for the SD accelerator and the dense baseline
+PLAN: tuple[tuple[str, str], ...] = (
+    ("default", "ecp5-25k"),
+    ("default", "ecp5-85k"),
+    ("tiny", "ice40-up5k"),
+)
+#: (board, preset) pairs whose board wrapper is placed and routed with --boards
+BOARD_PLAN: tuple[tuple[str, str], ...] = (("ulx3s", "default"), ("icebreaker", "tiny"))
+QUICK_PLAN = (("default", "ecp5-25k"), ("tiny", "ice40-up5k"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", action="append", metavar="NAME",
+                        help="measure only this preset (repeatable; default: the plan "
+                             + ", ".join(f"{p}@{d}" for p, d in PLAN) + ")")
+    parser.add_argument("--device", action="append", metavar="NAME",
+                        help="measure only on this device (repeatable)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only " + ", ".join(f"{p}@{d}" for p, d in QUICK_PLAN))
+    parser.add_argument("--blocks", action="store_true",
+                        help="also measure every registered block alone (Fmax per block)")
+    parser.add_argument("--boards", action="store_true",
+                        help="also place and route the board wrappers "
+                             + ", ".join(f"{b} ({p})" for b, p in BOARD_PLAN))
+    parser.add_argument("--workdir", type=Path, default=Path("build/fpga"),
+                        help="scratch folder for builds, netlists and logs (default: %(default)s)")
+    parser.add_argument("--reports", type=Path, default=Path("fpga/reports"),
+                        help="folder of the JSON reports (default: %(default)s)")
+    parser.add_argument("--doc", type=Path, default=Path("docs/fpga.md"),
+                        help="markdown report (default: %(default)s); its plot goes next to it")
+    parser.add_argument("--no-doc", action="store_true", help="write only the JSON reports")
+
+
+def _plan(args) -> list[tuple[str, str]]:
+    from fpga.devices import DEVICES
+    from hw.config import PRESETS
+
+    for name in args.preset or ():
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+    for name in args.device or ():
+        if name not in DEVICES:
+            raise ValueError(f"unknown FPGA device {name!r}; known devices: {sorted(DEVICES)}")
+    base = QUICK_PLAN if args.quick else PLAN
+    if args.preset and args.device:
+        return [(p, d) for p in args.preset for d in args.device]
+    plan = [(p, d) for p, d in base
+            if (not args.preset or p in args.preset) and (not args.device or d in args.device)]
+    if not plan and args.preset:
+        plan = [(p, "ecp5-25k") for p in args.preset]
+    if not plan:
+        raise ValueError("nothing to measure: the --preset/--device choice matches no "
+                         f"entry of the plan {list(base)}; give both --preset and --device")
+    return plan
+
+
+def _save(reports: Path, r: dict, name: str) -> None:
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / f"{name}.json").write_text(json.dumps(r, indent=2, sort_keys=True) + "\n")
+
+
+def _relative(r: dict, root: Path) -> dict:
+    """Paths in a result relative to the repository (reports are committed)."""
+    def fix(v):
+        if isinstance(v, str) and v.startswith(str(root) + os.sep):
+            return os.path.relpath(v, root)
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+    return fix(r)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from fpga import report
+    from fpga.measure import (board_run, block_runs, build_for, checks_for, design_of,
+                              TopUnavailable)
+    from fpga.tools import ToolchainError, check_toolchain
+
+    try:
+        plan = _plan(args)
+        for family in sorted({d.split("-")[0] for _, d in plan}):
+            check_toolchain(family)
+    except (ValueError, ToolchainError) as exc:
+        print(f"smartdeal fpga-report: error: {exc}", file=sys.stderr)
+        return 2
+
+    root = Path.cwd().resolve()
+    work = args.workdir.resolve()
+    start = time.monotonic()
+    pairs, runs, extra_sections = [], [], []
+    bar = tqdm(total=2 * len(plan) + (len(BOARD_PLAN) if args.boards else 0),
+               desc="fpga-report", unit="run")
+    builds = {}
+    for preset_name, dev in plan:
+        try:
+            builds.setdefault(preset_name, build_for(preset_name, work / "verilog" / preset_name))
+        except TopUnavailable as exc:
+            print(f"smartdeal fpga-report: error: {exc}", file=sys.stderr)
+            return 2
+        pair = []
+        for kind in ("sd", "dense"):
+            bar.set_postfix_str(f"{kind} {preset_name} @ {dev}")
+            from fpga.flow import run_flow
+            r = run_flow(design_of(builds[preset_name], kind), dev,
+                         work / preset_name / dev / kind, log=tqdm.write)
+            r["preset"], r["kind"] = preset_name, kind
+            r = _relative(r, root)
+            _save(args.reports, r, f"{preset_name}_{dev}_{kind}")
+            runs.append(r)
+            pair.append(r)
+            bar.update(1)
+        pairs.append((preset_name, pair[0], pair[1]))
+    block_results = []
+    if args.blocks:
+        for preset_name, dev in plan[:1]:
+            for r in block_runs(preset_name, dev, work / "blocks", log=tqdm.write):
+                r = _relative(r, root)
+                _save(args.reports, r, f"block_{r['design']}_{preset_name}_{dev}")
+                block_results.append(r)
+    board_results = []
+    if args.boards:
+        for board_name, preset_name in BOARD_PLAN:
+            bar.set_postfix_str(f"board {board_name}")
+            r = _relative(board_run(board_name, preset_name, work / "boards", log=tqdm.write),
+                          root)
+            _save(args.reports, r, f"board_{board_name}_{preset_name}")
+            board_results.append(r)
+            bar.update(1)
+    bar.close()
+
+    checks = checks_for(pairs, builds)
+    summary = {"plan": [f"{p}@{d}" for p, d in plan], "seconds": round(time.monotonic() - start, 1),
+               "blocks": block_results, "boards": board_results}
+    path = report.write_json(args.reports / "summary.json", runs, checks, summary)
+    print(f"wrote {path}")
+    for c in checks:
+        print(f"  {c.status:8s} {c.name}: {report.fmt(c.value, 3)} ({c.kind} {c.bound})")
+    if not args.no_doc:
+        from fpga.measure import write_doc
+        doc = write_doc(args.doc, pairs, runs, checks, block_results, board_results, builds,
+                        summary["seconds"])
+        print(f"wrote {doc}")
+    failed = [r for r in [*runs, *block_results, *board_results] if r["status"] != "ok"]
+    for r in failed:
+        print(f"  FAILED {r['design']} @ {r['device']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0

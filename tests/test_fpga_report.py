@@ -1,0 +1,108 @@
+"""FPGA report: grouping, tables, checks and the `smartdeal fpga-report` command's errors.
+
+No tool runs here (fast): the runs are small dicts shaped like `fpga.flow.run_flow`'s.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fpga import report, tools
+from fpga.measure import checks_for
+from scripts import cli
+
+
+def _res(lut=0, ff=0, bram=0, dsp=0):
+    return {"lut": lut, "ff": ff, "bram": bram, "dsp": dsp, "lutram": 0, "spram": 0}
+
+
+BLOCKS = {
+    "(total)": _res(1000, 800, 10, 6),
+    "datapath.decoder": _res(100, 50),
+    "datapath.basis_array": _res(200, 100),
+    "datapath.mac": _res(400, 300, 2, 6),
+    "datapath.seq": _res(20, 10),
+    "host": _res(150, 200),
+    "mem_weights": _res(5, 0, 8, 0),
+    "(top logic)": _res(125, 140),
+}
+
+
+def _run(status="ok", device="ecp5-25k", preset="default", kind="sd", fmax=120.0,
+         blocks=BLOCKS):
+    r = {"design": f"{kind}_top", "device": device, "preset": preset, "kind": kind,
+         "status": status, "error": None if status == "ok" else "FitError: needs 57 DSP",
+         "target_mhz": 150.0, "seconds": 12.0}
+    if status == "ok":
+        r.update(fmax_mhz=fmax, blocks=blocks,
+                 pnr={"utilisation": {"lut": {"used": 1100, "available": 24288},
+                                      "ff": {"used": 900, "available": 24288},
+                                      "bram": {"used": 10, "available": 56},
+                                      "dsp": {"used": 6, "available": 28}},
+                      "critical_path": None})
+    return r
+
+
+def test_block_groups_count_each_block_once_and_bram_under_memories():
+    g = report.block_groups(BLOCKS)
+    assert g["decoder"]["lut"] == 100 and g["basis array"]["lut"] == 200
+    assert g["MAC lanes"] == {**_res(400, 300, 0, 6)}           # its BRAM moves to memories
+    assert g["host interface"]["lut"] == 150 and g["control"]["lut"] == 20
+    assert g["memories"]["bram"] == 10 and g["memories"]["lut"] == 5
+    assert g["other"]["lut"] == 1000 - (100 + 200 + 400 + 150 + 20 + 5)
+    for k in ("lut", "ff", "dsp", "bram"):
+        assert sum(v[k] for v in g.values()) == BLOCKS["(total)"][k]
+
+
+def test_failed_run_shows_failed_and_no_figures():
+    sd, dense = _run(), _run(status="failed", kind="dense")
+    table = "\n".join(report.comparison_table([("default", sd, dense)]))
+    assert "ok / failed" in table
+    assert "120.0 / -" in table and "1000 / -" in table
+    row = report.run_row(dense)
+    assert row["fmax"] is None and row["lut"] is None and row["bram"] is None
+    assert "FAILED: FitError" in report.critical_path_lines(dense)[0]
+
+
+def test_checks_pass_miss_and_fail():
+    pairs = [("default", _run(fmax=96.8), _run(kind="dense")),
+             ("tiny", _run(status="failed", device="ice40-up5k", preset="tiny"),
+              _run(device="ice40-up5k", preset="tiny", kind="dense"))]
+
+    class B:
+        storage = {"sd_bits": 30, "dense_bits": 100}
+    checks = {c.name.split(":")[0].split(" (")[0]: c for c in checks_for(pairs, {"x": B()})}
+    fmax = checks["default preset on ECP5-25k"]
+    assert fmax.value == 96.8 and fmax.status == "MISSED"
+    assert checks["rebuild path"].value == 0 and checks["rebuild path"].status == "pass"
+    ratio = checks["LUT(decoder + basis array) / LUT(MAC lanes)"]
+    assert ratio.value == pytest.approx(300 / 400) and ratio.status == "MISSED"
+    assert checks["bundled network"].value == pytest.approx(0.3)
+    tiny = checks["tiny preset fits an iCE40 with the network's weights on chip"]
+    assert tiny.value == 0.0 and tiny.status == "MISSED" and "FitError" in tiny.detail
+    none = report.Check("x", None, 1.0, ">=")
+    assert none.status == "FAILED (no result)"
+
+
+def test_command_refuses_unknown_preset_and_device(capsys, tmp_path):
+    assert cli.main(["fpga-report", "--preset", "huge", "--reports", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'huge'" in err and "tiny" in err
+    assert cli.main(["fpga-report", "--device", "ecp5-12k", "--reports", str(tmp_path)]) == 2
+    assert "unknown FPGA device 'ecp5-12k'" in capsys.readouterr().err
+
+
+def test_command_names_a_missing_toolchain(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(tools.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    tools.find_tool.cache_clear()
+    tools.tool_version.cache_clear()
+    try:
+        rc = cli.main(["fpga-report", "--quick", "--reports", str(tmp_path)])
+    finally:
+        tools.find_tool.cache_clear()
+        tools.tool_version.cache_clear()
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "yowasp-" in err and "pip install" in err
+    assert not list(tmp_path.glob("*.json")), "no report may be written without tools"
