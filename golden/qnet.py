@@ -12,8 +12,9 @@ Quantization (documented in ``docs/export.md``):
   = 1/127: inputs in ``[0, 1]`` map onto ``[0, 127]``).
 * Output scale of each layer from calibration: the float SD network (rebuilt weights,
   float64) runs on the calibration images; ``s_out = stat / act_max`` with ``stat`` the
-  maximum of the layer's output magnitude (``method="max"``) or its ``p``-th percentile
-  (``method="percentile"``).  The next layer's input scale is this ``s_out``.
+  ``p``-th percentile (default 99.99) of the layer's output magnitudes
+  (``method="percentile"``, the default) or their maximum (``method="max"``).  The
+  next layer's input scale is this ``s_out``.
 * Accumulator scale of channel ``o``: ``s_acc[o] = s_in * weight_scale[o]``
   (`SDWeight.weight_scale`: the real value of one integer weight unit).
 * ``bias_int[o] = round_half_even(bias[o] / s_acc[o])``, must fit ``bias_bits``.
@@ -339,7 +340,7 @@ def calibration_stat(y: np.ndarray, method: str, percentile: float) -> float:
 
 # ------------------------------------------------------------------ builder
 def build_qnet(model, config: SDConfig, calib_images, *, input_scale: float = DEFAULT_INPUT_SCALE,
-               method: str = "max", percentile: float = 99.99,
+               method: str = "percentile", percentile: float = 99.99,
                decompose_options: dict | None = None,
                layers: Sequence[tuple[str, Any, bool]] | None = None,
                progress: bool = False) -> QNet:

@@ -23,10 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default: all)")
     p.add_argument("--out", required=True, type=Path, help="output directory (replaced "
                    "atomically if it holds an earlier export)")
-    p.add_argument("--calib", type=int, default=512, metavar="N",
-                   help="training images used to calibrate activation scales (default 512)")
-    p.add_argument("--calib-method", choices=("max", "percentile"), default="max",
-                   help="calibration statistic of each layer's output magnitude (default max)")
+    p.add_argument("--calib", type=int, default=0, metavar="N",
+                   help="training images used to calibrate activation scales (default 0: "
+                        "all 1437)")
+    p.add_argument("--calib-method", choices=("max", "percentile"), default="percentile",
+                   help="calibration statistic of each layer's output magnitude (default "
+                        "percentile)")
     p.add_argument("--percentile", type=float, default=99.99,
                    help="percentile for --calib-method percentile (default 99.99)")
     p.add_argument("--input-scale", type=float, default=None,
@@ -45,13 +47,14 @@ def run(args) -> int:
 
     try:
         formats = parse_formats(args.formats)
-        if args.calib < 1:
-            raise ValueError(f"--calib must be >= 1, got {args.calib}")
+        if args.calib < 0:
+            raise ValueError(f"--calib must be >= 0 (0: all training images), got "
+                             f"{args.calib}")
         config = load_config(args.config) if args.config else None
         path = Path(args.model) if args.model else DEFAULT_CHECKPOINT
         model, config, kind = load_model(path, config)
         data = load_digits_split()
-        calib = data.x_train[:args.calib]
+        calib = data.x_train[:args.calib] if args.calib else data.x_train
         scale = args.input_scale if args.input_scale is not None else DEFAULT_INPUT_SCALE
         print(f"model {path} ({kind}); config {config.summary()}")
         qnet = build_qnet(model, config, calib, input_scale=scale, method=args.calib_method,

@@ -227,7 +227,7 @@ def test_digits_integer_network_agrees_with_the_float_sd_model():
     from golden.models import DEFAULT_CHECKPOINT, load_checkpoint
     model, cfg = load_checkpoint(DEFAULT_CHECKPOINT)
     data = load_digits_split()
-    qnet = build_qnet(model, cfg, data.x_train[:512])
+    qnet = build_qnet(model, cfg, data.x_train)
     y = data.y_test.numpy()
     pred_int = qnet.predict(data.x_test)
     with torch.no_grad():
