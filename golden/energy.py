@@ -45,12 +45,14 @@ How per-width values are derived (assumptions of this model, stated in docs/ener
 * Requantization of one output: a ``acc_bits x mult_bits`` multiply plus an
   ``acc_bits`` add (bias); shifts, rounding and saturation are folded into that add.
 
-What is counted (the fields of `AccelCounts`) is what the RTL counters report: weight
-memory words read, basis words read, activation words read, output words written,
-shifts and adds of the weight rebuild, multiply-accumulates and requantizations.  Each
-count carries the bit width it was made at, taken from the configuration the RTL was
-built with, so the energy follows the hardware (e.g. the SD lanes multiply a
-``rebuilt_weight_bits``-wide weight, wider than the baseline's 8-bit weight).
+What is counted (the fields of `AccelCounts`) comes from the event counters of the
+simulated RTL (`hw.host.Counter`, mapped by `counts_from_rtl`): weight, basis and
+bias/requantization words read, activation words read and written, weight rows rebuilt
+(each costing the fixed shifts and adds of the basis array), multiply-accumulate ops
+and results.  Each count carries the bit width it was made at, taken from the
+configuration the RTL was built with, so the energy follows the hardware (e.g. the SD
+lanes multiply a ``rebuilt_weight_bits``-wide weight, wider than the baseline's 8-bit
+weight).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from typing import Iterable, Mapping
 __all__ = [
     "EnergyTable", "HOROWITZ_45NM", "AccelCounts", "EnergyBreakdown", "SCENARIOS",
     "energy", "energy_ratio", "network_counts", "sd_widths", "dense_widths",
-    "counts_from_counters", "HOROWITZ_CITATION",
+    "counts_from_rtl", "rebuild_ops_per_row", "RTL_COUNTERS", "HOROWITZ_CITATION",
 ]
 
 #: Weight-memory scenarios: where the weight memory (Ce + basis, or dense int8 words) lives.
@@ -181,11 +183,11 @@ class EnergyTable:
 #: The table of Horowitz, ISSCC 2014 (45 nm).  DRAM at the low end of 1.3-2.6 nJ / 64 bit.
 HOROWITZ_45NM = EnergyTable()
 
-_COUNT_FIELDS = ("weight_words", "basis_words", "act_reads", "out_writes", "shifts", "adds",
-                 "macs", "requants")
-_WIDTH_FIELDS = ("weight_word_bits", "basis_word_bits", "act_word_bits", "out_word_bits",
-                 "shift_bits", "add_bits", "mac_weight_bits", "act_bits", "acc_bits",
-                 "mult_bits")
+_COUNT_FIELDS = ("weight_words", "basis_words", "quant_reads", "act_reads", "out_writes",
+                 "shifts", "adds", "macs", "requants")
+_WIDTH_FIELDS = ("weight_word_bits", "basis_word_bits", "quant_word_bits", "act_word_bits",
+                 "out_word_bits", "shift_bits", "add_bits", "mac_weight_bits", "act_bits",
+                 "acc_bits", "mult_bits")
 
 
 @dataclass(frozen=True)
@@ -202,10 +204,13 @@ class AccelCounts:
         the dense baseline), each ``weight_word_bits`` wide.
     basis_words : int
         Basis words read (SD only; 0 for dense), each ``basis_word_bits`` wide.
+    quant_reads : int
+        Bias/requantization words read (``quant_word_bits``); they belong to the stored
+        weights of a layer (docs/format.md) and stream from DRAM with them.
     act_reads : int
-        Activation words read (``act_word_bits``: one row of S activations).
+        Activation memory words read (``act_word_bits`` each).
     out_writes : int
-        Output words written (``out_word_bits``).
+        Output (activation memory) words written (``out_word_bits``).
     shifts, adds : int
         Shifts (result ``shift_bits`` wide) and adds (``add_bits``) of the weight rebuild.
     macs : int
@@ -226,6 +231,8 @@ class AccelCounts:
     acc_bits: int
     basis_words: int = 0
     basis_word_bits: int = 1
+    quant_reads: int = 0
+    quant_word_bits: int = 1
     out_writes: int = 0
     out_word_bits: int = 8
     shifts: int = 0
@@ -244,9 +251,10 @@ class AccelCounts:
 
     @property
     def weight_bits_read(self) -> int:
-        """Bits of weight memory read (weight words + basis words)."""
+        """Bits of weight memory read (weight words + basis words + quant words)."""
         return (self.weight_words * self.weight_word_bits
-                + self.basis_words * self.basis_word_bits)
+                + self.basis_words * self.basis_word_bits
+                + self.quant_reads * self.quant_word_bits)
 
     def __add__(self, other: "AccelCounts") -> "AccelCounts":
         if not isinstance(other, AccelCounts):
@@ -265,6 +273,7 @@ class AccelCounts:
     def _uses(self, width_field: str) -> bool:
         users = {
             "weight_word_bits": ("weight_words",), "basis_word_bits": ("basis_words",),
+            "quant_word_bits": ("quant_reads",),
             "act_word_bits": ("act_reads",), "out_word_bits": ("out_writes",),
             "shift_bits": ("shifts",), "add_bits": ("adds",),
             "mac_weight_bits": ("macs",), "act_bits": ("macs",),
@@ -315,8 +324,9 @@ def energy(counts: AccelCounts, scenario: str = "dram",
            table: EnergyTable = HOROWITZ_45NM) -> EnergyBreakdown:
     """Energy of the counted events under ``scenario`` (``"dram"`` or ``"onchip"``).
 
-    In ``"dram"`` every weight-memory bit read (Ce/dense words and basis words) costs a
-    DRAM access; in ``"onchip"`` an SRAM access.  Activations and outputs are SRAM in both.
+    In ``"dram"`` every weight-memory bit read (Ce/dense words, basis words and
+    bias/requantization words) costs a DRAM access; in ``"onchip"`` an SRAM access.
+    Activations and outputs are SRAM in both.
     """
     if not isinstance(counts, AccelCounts):
         raise TypeError(f"energy() expects AccelCounts, got {type(counts).__name__}")
@@ -347,12 +357,16 @@ def energy_ratio(dense: AccelCounts, sd: AccelCounts, scenario: str = "dram",
 
 
 def sd_widths(config) -> dict:
-    """Event widths of the SD accelerator built from ``config`` (an `SDConfig`)."""
+    """Event widths of the SD accelerator built from ``config`` (an `SDConfig`).
+
+    Activation memory words are one bank word of ``lanes x act_bits`` (`hw.memories`).
+    """
     return {
         "weight_word_bits": config.ce_word_width,
         "basis_word_bits": config.basis_word_bits,
-        "act_word_bits": config.act_word_bits,
-        "out_word_bits": config.act_bits,
+        "quant_word_bits": config.quant_word_bits,
+        "act_word_bits": config.lanes * config.act_bits,
+        "out_word_bits": config.lanes * config.act_bits,
         "shift_bits": config.shifted_bits,
         "add_bits": config.rebuilt_weight_bits,
         "mac_weight_bits": config.rebuilt_weight_bits,
@@ -362,19 +376,18 @@ def sd_widths(config) -> dict:
     }
 
 
-def dense_widths(config, dense_word_bits: int | None = None, weight_bits: int = 8) -> dict:
+def dense_widths(config, weight_bits: int = 8) -> dict:
     """Event widths of the dense int8 baseline built from ``config``.
 
-    ``dense_word_bits`` is the baseline's weight word (default ``lanes x S x weight_bits``,
-    one row of every lane per word, as in docs/architecture.md).
+    Its weight word holds one row of every lane: ``lanes x S x weight_bits``
+    (`hw.datapath.dense_word_bits`).
     """
-    word = dense_word_bits if dense_word_bits is not None else (
-        config.lanes * config.basis_size * weight_bits)
     return {
-        "weight_word_bits": word,
+        "weight_word_bits": config.lanes * config.basis_size * weight_bits,
         "basis_word_bits": 1,
-        "act_word_bits": config.act_word_bits,
-        "out_word_bits": config.act_bits,
+        "quant_word_bits": config.quant_word_bits,
+        "act_word_bits": config.lanes * config.act_bits,
+        "out_word_bits": config.lanes * config.act_bits,
         "shift_bits": 1,
         "add_bits": 1,
         "mac_weight_bits": weight_bits,
@@ -384,32 +397,66 @@ def dense_widths(config, dense_word_bits: int | None = None, weight_bits: int = 
     }
 
 
-def counts_from_counters(counters: Mapping[str, int], widths: Mapping[str, int],
-                         name: str = "layer") -> AccelCounts:
-    """Build `AccelCounts` from a mapping of counter names to values and a widths dict.
+#: Counters of `hw.host.Counter` the model needs (lower-case names).
+RTL_COUNTERS = ("weight_reads", "basis_reads", "quant_reads", "act_reads", "act_writes",
+                "rows", "mac_ops", "results")
 
-    Counter names accepted (aliases in parentheses): ``weight_words`` (``weight_reads``,
-    ``ce_words``), ``basis_words`` (``basis_reads``), ``act_reads``, ``out_writes``
-    (``output_writes``), ``shifts``, ``adds``, ``macs``, ``requants`` (``outputs``).
-    Unknown counter names raise, so a renamed RTL counter is not silently dropped.
+
+def rebuild_ops_per_row(config) -> tuple[int, int]:
+    """``(shifts, adds)`` the basis array performs for every rebuilt row it delivers.
+
+    The array is a fixed datapath (`hw.basis_array`): per lane and per rebuilt weight,
+    ``S * terms`` `Pow2Shift` units (a barrel shift and a conditional negation each) feed
+    an adder tree of ``S * terms - 1`` adders, whatever the coefficients are.  The
+    conditional negation is priced as one more add, and every add at the widest width
+    (``rebuilt_weight_bits``), which errs against SD.
     """
-    aliases = {
-        "weight_words": "weight_words", "weight_reads": "weight_words",
-        "ce_words": "weight_words", "basis_words": "basis_words",
-        "basis_reads": "basis_words", "act_reads": "act_reads", "out_writes": "out_writes",
-        "output_writes": "out_writes", "shifts": "shifts", "adds": "adds", "macs": "macs",
-        "requants": "requants", "outputs": "requants",
-    }
-    values: dict[str, int] = {}
-    for key, value in counters.items():
-        if key not in aliases:
-            raise ValueError(f"{name}: unknown counter {key!r}; known: {sorted(aliases)}")
-        target = aliases[key]
-        if target in values:
-            raise ValueError(f"{name}: counter {target!r} given twice (as {key!r})")
-        values[target] = int(value)
-    missing = [k for k in ("weight_words", "act_reads", "macs") if k not in values]
-    if missing:
-        raise ValueError(f"{name}: counters {missing} are required for the energy model")
-    return AccelCounts(**values, **dict(widths), name=name)
+    per_weight_terms = config.basis_size * config.terms
+    weights = config.lanes * config.basis_size
+    shifts = weights * per_weight_terms
+    adds = weights * (per_weight_terms - 1) + shifts      # tree adders + negations
+    return shifts, adds
 
+
+def counts_from_rtl(counters: Mapping[str, int], config, kind: str,
+                    name: str = "layer") -> AccelCounts:
+    """`AccelCounts` from the event counters of the simulated accelerator (`hw.host.Counter`).
+
+    Parameters
+    ----------
+    counters : mapping
+        Counter name (lower case, e.g. ``"weight_reads"``) -> value read from the RTL's
+        counter registers; the names of `RTL_COUNTERS` are required, others (``stalls``)
+        are ignored.
+    config : SDConfig
+        The configuration the accelerator was built with.
+    kind : {"sd", "dense"}
+
+    Notes
+    -----
+    ``mac_ops`` counts ops of ``lanes x S`` multiply-accumulates, ``results`` output
+    positions x groups (``lanes`` requantizations each), ``rows`` weight rows delivered
+    (rebuilt rows for SD, each costing `rebuild_ops_per_row`).
+    """
+    if kind not in ("sd", "dense"):
+        raise ValueError(f"kind must be 'sd' or 'dense', got {kind!r}")
+    c = {str(k).lower(): v for k, v in counters.items()}
+    missing = [k for k in RTL_COUNTERS if k not in c]
+    if missing:
+        raise ValueError(f"{name}: RTL counters {missing} are missing; got {sorted(c)}")
+    for k in RTL_COUNTERS:
+        _check_count(f"RTL counter {k} ({name})", int(c[k]))
+    widths = sd_widths(config) if kind == "sd" else dense_widths(config)
+    lanes, s = config.lanes, config.basis_size
+    shifts = adds = 0
+    if kind == "sd":
+        per_shift, per_add = rebuild_ops_per_row(config)
+        shifts, adds = int(c["rows"]) * per_shift, int(c["rows"]) * per_add
+    elif int(c["basis_reads"]):
+        raise ValueError(f"{name}: the dense baseline reported {c['basis_reads']} basis reads")
+    return AccelCounts(
+        weight_words=int(c["weight_reads"]), basis_words=int(c["basis_reads"]),
+        quant_reads=int(c["quant_reads"]), act_reads=int(c["act_reads"]),
+        out_writes=int(c["act_writes"]), shifts=shifts, adds=adds,
+        macs=int(c["mac_ops"]) * lanes * s, requants=int(c["results"]) * lanes,
+        name=name, **widths)

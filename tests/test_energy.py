@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from golden.energy import (HOROWITZ_45NM, AccelCounts, EnergyTable, counts_from_counters,
-                           dense_widths, energy, energy_ratio, network_counts, sd_widths)
+from golden.energy import (HOROWITZ_45NM, RTL_COUNTERS, AccelCounts, EnergyTable,
+                           counts_from_rtl, dense_widths, energy, energy_ratio,
+                           network_counts, rebuild_ops_per_row, sd_widths)
 from hw.config import SDConfig
 
 T = HOROWITZ_45NM
@@ -31,14 +32,15 @@ def test_width_rules_are_monotonic_and_shift_is_add_class():
 
 
 def test_hand_checked_energy_dram_and_onchip():
-    # 10 words of 64 bits, 4 basis words of 72 bits, 100 act reads of 24 bits,
+    # 10 words of 64 bits, 4 basis words of 72 bits, 3 quant words of 54 bits,
+    # 100 act reads of 24 bits,
     # 8 output writes of 8 bits, 30 shifts to 15 bits, 20 adds of 17 bits,
     # 300 MACs of 17x8 bits into 32, 8 requants with 16-bit multipliers.
     c = AccelCounts(weight_words=10, weight_word_bits=64, basis_words=4, basis_word_bits=72,
-                    act_reads=100, act_word_bits=24, out_writes=8, out_word_bits=8,
+                    quant_reads=3, quant_word_bits=54, act_reads=100, act_word_bits=24, out_writes=8, out_word_bits=8,
                     shifts=30, shift_bits=15, adds=20, add_bits=17, macs=300,
                     mac_weight_bits=17, act_bits=8, acc_bits=32, requants=8, mult_bits=16)
-    bits = 10 * 64 + 4 * 72
+    bits = 10 * 64 + 4 * 72 + 3 * 54
     dram = energy(c, "dram")
     assert dram.weight_memory_pj == pytest.approx(bits * 20.0)
     assert dram.activation_pj == pytest.approx(100 * 24 * 10 / 64)
@@ -76,22 +78,33 @@ def test_network_sum_and_width_mismatch():
         network_counts([])
 
 
-def test_widths_follow_config_and_counters_map():
-    cfg = SDConfig()
-    sd = counts_from_counters({"weight_reads": 3, "act_reads": 4, "macs": 5, "shifts": 6},
-                              sd_widths(cfg), name="fc")
-    assert sd.weight_word_bits == cfg.ce_word_width
-    assert sd.mac_weight_bits == cfg.rebuilt_weight_bits
-    assert sd.shifts == 6 and sd.weight_words == 3
-    dense = counts_from_counters({"weight_words": 3, "act_reads": 4, "macs": 5},
-                                 dense_widths(cfg), name="fc")
-    assert dense.weight_word_bits == cfg.lanes * cfg.basis_size * 8
-    assert dense.mac_weight_bits == 8
-    with pytest.raises(ValueError, match="unknown counter 'cycles'"):
-        counts_from_counters({"cycles": 1, "weight_words": 1, "act_reads": 1, "macs": 1},
-                             sd_widths(cfg))
-    with pytest.raises(ValueError, match=r"\['macs'\] are required"):
-        counts_from_counters({"weight_words": 1, "act_reads": 1}, sd_widths(cfg))
+def test_rtl_counters_map_to_events_with_config_widths():
+    cfg = SDConfig()                     # 8 lanes, S = 3, one term
+    rtl = {"weight_reads": 10, "basis_reads": 4, "quant_reads": 2, "act_reads": 30,
+           "act_writes": 5, "rows": 7, "mac_ops": 100, "results": 3, "stalls": 9}
+    sd = counts_from_rtl(rtl, cfg, "sd", name="fc")
+    assert (sd.weight_words, sd.weight_word_bits) == (10, cfg.ce_word_width)
+    assert (sd.basis_words, sd.basis_word_bits) == (4, cfg.basis_word_bits)
+    assert (sd.quant_reads, sd.quant_word_bits) == (2, cfg.quant_word_bits)
+    assert (sd.act_reads, sd.act_word_bits) == (30, 8 * 8)
+    assert sd.out_writes == 5
+    assert sd.macs == 100 * 8 * 3 and sd.mac_weight_bits == cfg.rebuilt_weight_bits
+    assert sd.requants == 3 * 8
+    # per rebuilt row: 24 weights x 3 shifts; 24 x (2 tree adds + 3 negations)
+    assert rebuild_ops_per_row(cfg) == (72, 120)
+    assert (sd.shifts, sd.adds) == (7 * 72, 7 * 120)
+    dense = counts_from_rtl(dict(rtl, basis_reads=0), cfg, "dense", name="fc")
+    assert dense.weight_word_bits == 8 * 3 * 8 and dense.mac_weight_bits == 8
+    assert (dense.shifts, dense.adds, dense.basis_words) == (0, 0, 0)
+    assert dense.weight_bits_read == 10 * 192 + 2 * cfg.quant_word_bits
+    with pytest.raises(ValueError, match="basis reads"):
+        counts_from_rtl(rtl, cfg, "dense")
+    with pytest.raises(ValueError, match=r"\['rows'\] are missing"):
+        counts_from_rtl({k: 1 for k in RTL_COUNTERS if k != "rows"}, cfg, "sd")
+    with pytest.raises(ValueError, match="kind must be"):
+        counts_from_rtl(rtl, cfg, "tpu")
+    assert sd_widths(cfg)["shift_bits"] == cfg.shifted_bits
+    assert dense_widths(cfg)["weight_word_bits"] == 192
 
 
 @pytest.mark.parametrize("bad, exc", [({"macs": -1}, ValueError), ({"macs": 1.5}, TypeError),
