@@ -119,14 +119,15 @@ class BoardTop(wiring.Component):
         The accelerator (an AXI4-Lite slave, optionally AXI4-Stream in/out).
     baud : int
         UART rate.
-
-    Notes
-    -----
-    Reset: the core and bridge are held in reset for 2**16 cycles after configuration and
-    while the reset button is pressed (synchronised).
+    por_bits : int
+        The core and bridge are held in reset for ``2**por_bits`` cycles after
+        configuration (and while the reset button is pressed, synchronised).
     """
 
-    def __init__(self, board: "str | Board", core, *, baud: int = 115200):
+    def __init__(self, board: "str | Board", core, *, baud: int = 115200, por_bits: int = 16):
+        if isinstance(por_bits, bool) or not isinstance(por_bits, int) or not 1 <= por_bits <= 32:
+            raise ValueError(f"por_bits must be an int in [1, 32], got {por_bits!r}")
+        self.por_bits = por_bits
         self.board = b = globals()["board"](board)
         self.core = core
         self.baud = baud
@@ -168,7 +169,7 @@ class BoardTop(wiring.Component):
         m.d.comb += [sync.clk.eq(clk), por.clk.eq(clk)]
 
         # Power-on reset counter and a two-flop synchronised reset button.
-        count = Signal(16)
+        count = Signal(self.por_bits)
         button = Signal(2)
         m.d.por += button.eq(button << 1 | (~getattr(self, b.reset_pin) if b.reset_active_low
                                             else getattr(self, b.reset_pin)))

@@ -124,7 +124,8 @@ def amaranth_design(component, top: str, out_dir: "str | Path", *,
 
     The component's ports become the module ports (``clk``/``rst`` of the sync domain
     included); submodules become modules named ``<top>.<path>``, which is what the
-    per-block report groups by.
+    per-block report groups by.  Files of the component's ``verilog_sources`` (name ->
+    text) are written next to it and belong to the design.
     """
     from amaranth.back import verilog
 
@@ -132,8 +133,12 @@ def amaranth_design(component, top: str, out_dir: "str | Path", *,
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{top}.v"
     path.write_text(verilog.convert(component, name=top))
-    return VerilogDesign(top=top, files=(path.resolve(),), data_dir=out_dir.resolve(),
-                         name=name)
+    files = [path.resolve()]
+    # Hand-written Verilog the component instantiates (e.g. the $readmemh RAM `sd_ram`).
+    for fname, text in (getattr(component, "verilog_sources", None) or {}).items():
+        (out_dir / fname).write_text(text)
+        files.append((out_dir / fname).resolve())
+    return VerilogDesign(top=top, files=tuple(files), data_dir=out_dir.resolve(), name=name)
 
 
 # ------------------------------------------------------------------------ synthesis
