@@ -191,16 +191,22 @@ def evaluate(spec: TargetSpec, measured: float | None) -> str:
 
 
 def target_entry(spec: TargetSpec, measured: float | None, *, reason: str | None = None,
-                 detail: dict | None = None) -> dict:
-    """The results.json record of one target: measured value, bound, flag and origin."""
-    status = evaluate(spec, measured)
+                 detail: dict | None = None, failed: bool = False) -> dict:
+    """The results.json record of one target: measured value, bound, flag and origin.
+
+    ``failed`` marks a target whose measuring step ran and failed (e.g. place-and-route
+    that did not complete): no value, and the flag is "fail".
+    """
+    if failed and measured is not None:
+        raise ValueError(f"target {spec.key}: a failed measurement cannot have a value")
+    status = FAIL if failed else evaluate(spec, measured)
     entry = {
         "key": spec.key, "description": spec.description, "issue": spec.issue,
         "section": spec.section, "kind": spec.kind, "measured": measured,
         "op": spec.op, "target": spec.target, "unit": spec.unit, "status": status,
         "command": spec.command,
     }
-    if reason and status in (NOT_AVAILABLE, NOT_RUN):
+    if reason and (status in (NOT_AVAILABLE, NOT_RUN) or failed):
         entry["reason"] = reason
     if detail:
         entry["detail"] = detail
@@ -216,6 +222,8 @@ class SectionOutput:
     details: dict = field(default_factory=dict)    # target key -> detail dict
     plots: list = field(default_factory=list)      # paths of PNGs written
     notes: list = field(default_factory=list)      # sentences for docs/results.md
-    # Sub-parts that could not run (e.g. RTL present but FPGA reports absent).
+    # Target key -> why it was not measured (its part could not run).
     unavailable: dict = field(default_factory=dict)
+    # Target key -> why its measuring step ran and failed (flagged "fail", no value).
+    failed: dict = field(default_factory=dict)
 

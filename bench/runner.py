@@ -82,7 +82,7 @@ def run_section(name: str, ctx: Context) -> dict:
         record.update(status="ok", values=_jsonable(out.values),
                       measured=_jsonable(out.measured), details=_jsonable(out.details),
                       plots=[str(p) for p in out.plots], notes=list(out.notes),
-                      unavailable=dict(out.unavailable))
+                      unavailable=dict(out.unavailable), failed=dict(out.failed))
     except NotAvailable as exc:
         record.update(status=NOT_AVAILABLE, reason=str(exc))
     except Exception as exc:  # noqa: BLE001 - any failure is recorded, never a pass
@@ -106,6 +106,11 @@ def collect_targets(sections: dict) -> list[dict]:
                                    f"{sec.get('reason', '')}".strip()))
             continue
         measured = sec.get("measured", {}).get(spec.key)
+        failed = sec.get("failed", {}).get(spec.key)
+        if failed is not None and measured is None:
+            entries.append(target_entry(spec, None, reason=failed, failed=True,
+                                        detail=sec.get("details", {}).get(spec.key)))
+            continue
         reason = None
         if measured is None:
             reason = sec.get("unavailable", {}).get(spec.key, "not measured by the section")

@@ -165,3 +165,39 @@ def test_report_opens_with_comparison_table(monkeypatch, tmp_path):
     goal = next(ln for ln in lines if "`energy.ratio_dram`" in ln)
     assert "**FAIL**" in goal and "goal" in goal
     assert "## Sections not available" in text and "hw.top" in text
+
+
+def test_failed_measurement_is_a_fail_without_value(monkeypatch, tmp_path):
+    def fpga(ctx):
+        return SectionOutput(failed={"fpga.fmax_ecp5_mhz": "the latest run FAILED: timing"})
+    _fake_sections(monkeypatch, {"fpga": fpga})
+    res = runner.run_bench(Context(out_dir=tmp_path, progress=False))
+    t = {t["key"]: t for t in res["targets"]}
+    assert t["fpga.fmax_ecp5_mhz"]["status"] == FAIL
+    assert t["fpga.fmax_ecp5_mhz"]["measured"] is None
+    assert "FAILED" in t["fpga.fmax_ecp5_mhz"]["reason"]
+    assert t["fpga.rebuild_dsp"]["status"] == NOT_RUN
+    with pytest.raises(ValueError, match="cannot have a value"):
+        target_entry(spec(), 3.0, failed=True)
+
+
+def test_fpga_section_reads_reports(monkeypatch, tmp_path):
+    from bench import fpga
+    monkeypatch.setattr(fpga, "REPORTS", tmp_path)
+    with pytest.raises(NotAvailable, match="make fpga-report"):
+        fpga.run(Context(progress=False))
+    def cells(lut, dsp=0):
+        return {"lut": lut, "ff": 0, "bram": 0, "dsp": dsp, "spram": 0}
+    blocks = {"(total)": cells(1000, 8), "decoder": cells(50), "basis_array": cells(150),
+              "mac": cells(800, 8)}
+    run = {"status": "ok", "fmax_mhz": 123.4, "target_mhz": 100, "blocks": blocks,
+           "pnr": {"utilisation": {"lut": {"used": 1200}, "dsp": {"used": 8}}}}
+    (tmp_path / "default_ecp5-25k_sd.json").write_text(json.dumps(run))
+    out = fpga.run(Context(progress=False))
+    assert out.measured["fpga.fmax_ecp5_mhz"] == 123.4
+    assert out.measured["fpga.rebuild_lut_fraction"] == pytest.approx(200 / 800)
+    assert out.measured["fpga.rebuild_dsp"] == 0
+    (tmp_path / "default_ecp5-25k_sd.json").write_text(
+        json.dumps({"status": "failed", "error": "nextpnr: no route"}))
+    out = fpga.run(Context(progress=False))
+    assert not out.measured and "no route" in out.failed["fpga.fmax_ecp5_mhz"]
