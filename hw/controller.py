@@ -6,8 +6,13 @@ sets the number of layers and pulses ``start``.  The controller then, per layer:
 1. has the descriptor in its shadow registers (the first one is fetched after ``start``,
    every later one is prefetched while the previous layer runs, so a layer change costs
    no descriptor fetch);
-2. copies it to the active registers the datapath reads and pulses ``layer_start``;
-3. waits for the result writer's ``layer_done`` and records the layer's cycle count.
+2. hands it to the datapath's *weight side* (``desc_w``, ``w_start``: weight feed,
+   decoder, basis and quant loaders) as soon as that side has delivered everything of
+   the previous layer (``w_idle``) — so the next layer's weights are fetched, decoded and
+   its first basis loaded while the previous layer still drains;
+3. hands it to the *activation side* (``desc_a``, ``a_start``: window sequencer,
+   writer) when the result writer reports the previous layer done (``layer_done``; the
+   next layer reads what it wrote), and records the layer's cycle count.
 
 Activation buffers are ping-ponged by the descriptors themselves (each names its input
 and output bank addresses), so the next layer reads what the previous one wrote.
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import enum
 
-from amaranth import Module, Signal, Value
+from amaranth import Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -66,10 +71,12 @@ class LayerController(wiring.Component):
         Cycles without datapath progress before `CtrlError.WATCHDOG` (0: off).
     desc_r_addr, desc_r_en : Out; desc_r_data : In(32)
         Read port of the descriptor RAM (the controller has priority over the host).
-    desc : Out(descriptor_layout(config))
-        Active descriptor, stable while a layer runs.
-    layer_start : Out(1)
-        Pulse one cycle after ``desc`` changed.
+    desc_w, desc_a : Out(descriptor_layout(config))
+        Descriptors of the weight side and of the activation side.
+    w_start, a_start : Out(1)
+        Pulses in the cycle the corresponding descriptor is new.
+    w_idle : In(1)
+        The weight side has delivered its layer.
     layer_done, progress : In(1)
         From the result writer; any datapath progress (for the watchdog).
     dp_error : In(1); dp_error_code : In(8)
@@ -94,8 +101,9 @@ class LayerController(wiring.Component):
             "start": In(1), "abort": In(1), "n_layers": In(8), "watchdog": In(32),
             "desc_r_addr": Out(addr_bits(max_layers * DESC_SLOT_WORDS)),
             "desc_r_en": Out(1), "desc_r_data": In(32),
-            "desc": Out(descriptor_layout(config)),
-            "layer_start": Out(1), "layer_done": In(1), "progress": In(1),
+            "desc_w": Out(descriptor_layout(config)), "w_start": Out(1), "w_idle": In(1),
+            "desc_a": Out(descriptor_layout(config)), "a_start": Out(1),
+            "layer_done": In(1), "progress": In(1),
             "dp_error": In(1), "dp_error_code": In(8),
             "flush": Out(1),
             "busy": Out(1), "done": Out(1), "error": Out(1),
@@ -139,11 +147,14 @@ class LayerController(wiring.Component):
         # ---- run state machine -------------------------------------------------------------
         lc = Signal(32)                       # cycles of the running layer
         wd = Signal(32)                       # cycles since the last progress
-        m.d.sync += [self.layer_start.eq(0), self.flush.eq(0)]
+        w_layer = Signal(8)          # layer the weight side works on
+        m.d.sync += [self.w_start.eq(0), self.a_start.eq(0), self.flush.eq(0)]
 
         def fail(code):
+            # Decoder errors (codes below 0x10) belong to the weight side's layer.
             m.d.sync += [self.error.eq(1), self.error_code.eq(code),
-                         self.error_layer.eq(self.layer), self.flush.eq(1),
+                         self.error_layer.eq(Mux(code < 0x10, w_layer, self.layer)),
+                         self.flush.eq(1),
                          self.busy.eq(0), self.err_count.eq(self.err_count + 1)]
             m.next = "IDLE"
 
@@ -153,6 +164,16 @@ class LayerController(wiring.Component):
                 m.d.sync += wd.eq(0)
             with m.Else():
                 m.d.sync += wd.eq(wd + 1)
+
+        bad_desc = Signal()
+        m.d.comb += bad_desc.eq((shadow.N_GROUPS == 0) | (shadow.N_ROWS == 0)
+                                | (shadow.TILE == 0) | (shadow.N_TILES == 0)
+                                | (shadow.LAST_TILE == 0))
+
+        def prefetch(layer):
+            with m.If(layer < self.n_layers):
+                m.d.sync += pf_layer.eq(layer)
+                m.d.comb += pf_start.eq(1)
 
         def on_abort():
             m.d.sync += [self.busy.eq(0), self.done.eq(0), self.error.eq(0),
@@ -179,18 +200,16 @@ class LayerController(wiring.Component):
                 with m.Elif(~pf_busy):
                     m.next = "LAUNCH"
             with m.State("LAUNCH"):
+                # both sides start the layer (first layer, or the weight side was late)
                 with m.If(self.abort):
                     on_abort()
-                with m.Elif((shadow.N_GROUPS == 0) | (shadow.N_ROWS == 0)
-                            | (shadow.TILE == 0) | (shadow.N_TILES == 0)
-                            | (shadow.LAST_TILE == 0)):
+                with m.Elif(bad_desc):
                     fail(CtrlError.BAD_DESCRIPTOR)
                 with m.Else():
-                    m.d.sync += [self.desc.eq(shadow), lc.eq(0), wd.eq(0),
-                                 self.layer_start.eq(1)]
-                    with m.If(self.layer + 1 < self.n_layers):
-                        m.d.sync += pf_layer.eq(self.layer + 1)
-                        m.d.comb += pf_start.eq(1)
+                    m.d.sync += [self.desc_w.eq(shadow), self.desc_a.eq(shadow), lc.eq(0),
+                                 wd.eq(0), self.w_start.eq(1), self.a_start.eq(1),
+                                 w_layer.eq(self.layer)]
+                    prefetch(self.layer + 1)
                     m.next = "RUN"
             with m.State("RUN"):
                 with m.If(self.abort):
@@ -207,7 +226,17 @@ class LayerController(wiring.Component):
                     with m.If(self.layer + 1 == self.n_layers):
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
+                    with m.Elif(w_layer == self.layer + 1):
+                        # the weight side is already on the next layer
+                        m.d.sync += [self.desc_a.eq(self.desc_w), self.a_start.eq(1),
+                                     self.layer.eq(self.layer + 1), lc.eq(0)]
                     with m.Else():
                         m.d.sync += self.layer.eq(self.layer + 1)
                         m.next = "FETCH"
+                with m.Elif((w_layer == self.layer) & (self.layer + 1 < self.n_layers)
+                            & self.w_idle & ~self.w_start & ~pf_busy & ~bad_desc):
+                    # weight side done with this layer: start it on the next one
+                    m.d.sync += [self.desc_w.eq(shadow), self.w_start.eq(1),
+                                 w_layer.eq(self.layer + 1)]
+                    prefetch(self.layer + 2)
         return m

@@ -32,7 +32,7 @@ from hw.config import SDConfig
 from hw.controller import CtrlError
 from hw.decoder import SparseDecoder
 from hw.dense import DenseRowReader
-from hw.descriptor import descriptor_layout, geometry
+from hw.descriptor import FLAG_PRELOAD, descriptor_layout, geometry
 from hw.layouts import decoded_row_layout, weights_row_layout
 from hw.loaders import BasisLoader, QuantLoader, WordFeeder, basis_request_layout
 from hw.mac import MacLanes
@@ -70,7 +70,13 @@ class LayerDatapath(wiring.Component):
 
     Attributes
     ----------
-    desc, layer_start : In
+    desc_w, w_start : In
+        Descriptor and start pulse of the *weight side* (weight feed, decoder, basis and
+        quant loaders, row-address unit), which may run one layer ahead.
+    w_idle : Out(1)
+        The weight side has delivered everything of its layer (it may take the next).
+    desc_a, a_start : In
+        Descriptor and start pulse of the *activation side* (sequencer, writer).
     w_r_addr, w_r_en, w_r_data : weight memory read port (Ce or dense)
     b_r_addr, b_r_en, b_r_data : basis memory read port (SD only)
     q_r_addr, q_r_en, q_r_data : quant memory read port
@@ -92,7 +98,8 @@ class LayerDatapath(wiring.Component):
         S, L = config.basis_size, config.lanes
         ww = weight_word_bits(config, kind)
         sig = {
-            "desc": In(descriptor_layout(config)), "layer_start": In(1),
+            "desc_w": In(descriptor_layout(config)), "w_start": In(1), "w_idle": Out(1),
+            "desc_a": In(descriptor_layout(config)), "a_start": In(1),
             "w_r_addr": Out(g.ce), "w_r_en": Out(1), "w_r_data": In(ww),
             "q_r_addr": Out(g.quant), "q_r_en": Out(1), "q_r_data": In(config.quant_word_bits),
             "act_rd_addr": Out(data.ArrayLayout(unsigned(g.act), S)), "act_rd_en": Out(1),
@@ -122,13 +129,15 @@ class LayerDatapath(wiring.Component):
         m.submodules.mac = mac = MacLanes(cfg, wbits)
         m.submodules.writer = writer = ResultWriter(cfg, self.result_fifo)
         info_depth = self.row_fifo + RowAddress.LATENCY + 8
-        m.submodules.info_fifo = info_fifo = fifo.SyncFIFOBuffered(
+        m.submodules.info_fifo = info_fifo = fifo.SyncFIFO(
             width=row_info_layout(cfg).size, depth=info_depth)
 
-        for blk in (feeder, quant, ra, seq, writer):
-            m.d.comb += blk.desc.eq(self.desc)
-        for blk in (feeder, quant, seq, writer):
-            m.d.comb += blk.layer_start.eq(self.layer_start)
+        for blk in (feeder, quant, ra):
+            m.d.comb += blk.desc.eq(self.desc_w)
+        for blk in (feeder, quant):
+            m.d.comb += blk.layer_start.eq(self.w_start)
+        for blk in (seq, writer):
+            m.d.comb += [blk.desc.eq(self.desc_a), blk.layer_start.eq(self.a_start)]
 
         # memory ports
         m.d.comb += [self.w_r_addr.eq(feeder.r_addr), self.w_r_en.eq(feeder.r_en),
@@ -149,12 +158,11 @@ class LayerDatapath(wiring.Component):
             m.submodules.decoder = dec = SparseDecoder(cfg)
             m.submodules.basis_array = ba = BasisArray(cfg)
             m.submodules.basis = bl = BasisLoader(cfg)
-            m.submodules.row_fifo = rf = fifo.SyncFIFOBuffered(
+            m.submodules.row_fifo = rf = fifo.SyncFIFO(
                 width=decoded_row_layout(cfg).size, depth=self.row_fifo)
-            m.submodules.req_fifo = qf = fifo.SyncFIFOBuffered(
+            m.submodules.req_fifo = qf = fifo.SyncFIFO(
                 width=basis_request_layout(cfg).size, depth=self.row_fifo + 4)
-            m.d.comb += [bl.desc.eq(self.desc),
-                         self.b_r_addr.eq(bl.r_addr), self.b_r_en.eq(bl.r_en),
+            m.d.comb += [self.b_r_addr.eq(bl.r_addr), self.b_r_en.eq(bl.r_en),
                          bl.r_data.eq(self.b_r_data)]
             src = dec.rows
             need_req = src.payload.new_block
@@ -163,11 +171,25 @@ class LayerDatapath(wiring.Component):
             xfer = Signal()
             m.d.comb += [xfer.eq(src.valid & all_ready), src.ready.eq(all_ready),
                          rf.w_en.eq(xfer), rf.w_data.eq(src.payload),
-                         ra.rows.valid.eq(xfer), ra.rows.payload.row.eq(src.payload.row),
-                         qf.w_en.eq(xfer & need_req)]
+                         ra.rows.valid.eq(xfer), ra.rows.payload.row.eq(src.payload.row)]
+            # Preload: the basis of (group 0, block 0) is requested at layer start (the
+            # request FIFO is empty then), and the decoder's own first request dropped.
+            # Requests carry the basis address, computed with the row's own descriptor,
+            # so requests of one layer may still wait while the next layer starts.
+            dw = self.desc_w
+            preload = Signal()
+            drop_first = Signal()
+            m.d.comb += preload.eq(self.w_start & ((dw.FLAGS & FLAG_PRELOAD) != 0))
             req = Signal(basis_request_layout(cfg))
-            m.d.comb += [req.group.eq(src.payload.group), req.block.eq(src.payload.block),
-                         qf.w_data.eq(req)]
+            with m.If(preload):
+                m.d.comb += [req.addr.eq(dw.BASIS_BASE), qf.w_data.eq(req), qf.w_en.eq(1)]
+                m.d.sync += drop_first.eq(1)
+            with m.Else():
+                m.d.comb += [req.addr.eq(dw.BASIS_BASE + (src.payload.group * dw.N_BLOCKS
+                                                          + src.payload.block) * cfg.lanes),
+                             qf.w_data.eq(req), qf.w_en.eq(xfer & need_req & ~drop_first)]
+                with m.If(xfer & need_req):
+                    m.d.sync += drop_first.eq(0)
             # request FIFO -> basis loader -> basis array shadow bank
             m.d.comb += [bl.requests.valid.eq(qf.r_rdy), bl.requests.payload.eq(qf.r_data),
                          qf.r_en.eq(bl.requests.ready)]
@@ -179,7 +201,7 @@ class LayerDatapath(wiring.Component):
             basis_reads = bl.reads
         else:
             m.submodules.reader = rd = DenseRowReader(cfg, DENSE_WEIGHT_BITS)
-            m.submodules.weights_fifo = wf = fifo.SyncFIFOBuffered(
+            m.submodules.weights_fifo = wf = fifo.SyncFIFO(
                 width=wl.size, depth=self.row_fifo)
             src = rd.rows
             all_ready = Signal()
@@ -194,8 +216,8 @@ class LayerDatapath(wiring.Component):
             basis_reads = 0
 
         # weight words into the row source
-        m.d.comb += [ctl.start.eq(feeder.dec_start), ctl.n_groups.eq(self.desc.N_GROUPS),
-                     ctl.n_rows.eq(self.desc.N_ROWS), feeder.dec_busy.eq(ctl.busy),
+        m.d.comb += [ctl.start.eq(feeder.dec_start), ctl.n_groups.eq(self.desc_w.N_GROUPS),
+                     ctl.n_rows.eq(self.desc_w.N_ROWS), feeder.dec_busy.eq(ctl.busy),
                      ctl.words.valid.eq(feeder.words.valid),
                      ctl.words.payload.data.eq(feeder.words.payload.data),
                      ctl.words.payload.last.eq(feeder.words.payload.last),
@@ -219,6 +241,11 @@ class LayerDatapath(wiring.Component):
         wiring.connect(m, seq.ops, mac.ops)
         m.d.comb += mac.quant.eq(seq.op_quant)
         wiring.connect(m, mac.results, writer.results)
+
+        # The weight side is done with its layer once every word was fed, every row
+        # left the decoder and the row-address unit, and every quant bundle was formed.
+        m.d.comb += self.w_idle.eq(feeder.idle & ~ctl.busy & ~src.valid & ra.idle
+                                   & quant.idle)
 
         # status
         op_xfer = Signal()

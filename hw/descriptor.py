@@ -24,6 +24,7 @@ from hw.config import SDConfig
 from hw.memories import addr_bits
 
 __all__ = ["FIELDS", "FIELD_INDEX", "DESC_SLOT_WORDS", "FLAG_RELU", "FLAG_SCATTER",
+           "FLAG_PRELOAD",
            "Geometry", "geometry", "act_bank_depth", "field_widths", "descriptor_layout",
            "encode_field"]
 
@@ -33,10 +34,13 @@ DESC_SLOT_WORDS = 64
 FLAG_RELU = 1 << 0      #: FLAGS bit: clamp outputs at zero
 FLAG_SCATTER = 1 << 1   #: FLAGS bit: write outputs element by element as the input
 #: vector of a fully connected layer (flatten), instead of as a feature map
+FLAG_PRELOAD = 1 << 2   #: FLAGS bit: the layer's first row is in block 0 of group 0, so
+#: its basis is loaded at layer start, before the decoder reaches the row
 
 #: (name, signed?, meaning).  Order = word index inside the slot.
 FIELDS: tuple[tuple[str, bool, str], ...] = (
-    ("FLAGS", False, "bit 0 ReLU, bit 1 scatter output (next layer is fully connected)"),
+    ("FLAGS", False, "bit 0 ReLU, bit 1 scatter output (next layer is fully connected), "
+                     "bit 2 preload basis (group 0, block 0) at layer start"),
     ("CE_BASE", False, "first Ce memory word of the layer"),
     ("CE_WORDS", False, "Ce memory words of the layer (headers and records)"),
     ("BASIS_BASE", False, "first basis memory word of the layer"),
@@ -132,7 +136,7 @@ def field_widths(config: SDConfig) -> dict[str, tuple[int, bool]]:
     g = geometry(config)
     a1 = g.act + 1
     widths = {
-        "FLAGS": 2, "CE_BASE": g.ce, "CE_WORDS": g.ce + 1, "BASIS_BASE": g.basis,
+        "FLAGS": 3, "CE_BASE": g.ce, "CE_WORDS": g.ce + 1, "BASIS_BASE": g.basis,
         "QUANT_BASE": g.quant, "N_GROUPS": config.group_bits, "N_ROWS": g.row,
         "N_BLOCKS": config.block_bits + 1, "COUT": _bits(config.quant_depth), "CIN": g.row,
         "IN_H": g.dim, "IN_W": g.dim, "IN_WLAST": g.dim, "IN_WQ": a1, "IN_BASE": g.act,

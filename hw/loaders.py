@@ -41,6 +41,8 @@ class WordFeeder(wiring.Component):
         Read port of the weight memory.
     reads : Out(1)
         High in a cycle with a memory read (energy counter).
+    idle : Out(1)
+        Every pass of the layer has been fed and decoded.
     """
 
     def __init__(self, config: SDConfig, word_width: int):
@@ -55,7 +57,7 @@ class WordFeeder(wiring.Component):
             "words": Out(stream.Signature(data.StructLayout({"data": word_width,
                                                              "last": 1}))),
             "r_addr": Out(g.ce), "r_en": Out(1), "r_data": In(word_width),
-            "reads": Out(1),
+            "reads": Out(1), "idle": Out(1),
         })
 
     def elaborate(self, platform):
@@ -73,14 +75,22 @@ class WordFeeder(wiring.Component):
         tile = Signal(g.dim)
         with m.FSM():
             with m.State("IDLE"):
-                # A layer starts only after the previous one finished (or a flush).
+                m.d.comb += self.idle.eq(~self.layer_start)
+                # A layer starts only after the previous one was fed (or a flush).
                 with m.If(self.layer_start):
                     m.d.sync += tile.eq(0)
                     m.next = "START"
             with m.State("START"):
-                m.d.comb += self.dec_start.eq(1)
-                m.d.sync += idx.eq(0)
-                m.next = "ISSUE"
+                # The decoder takes no word in its start cycle, but the read issued now
+                # arrives two cycles later.
+                m.d.comb += [self.dec_start.eq(1), rs.req.valid.eq(1),
+                             rs.req.payload.addr.eq(d.CE_BASE),
+                             rs.req.payload.tag.eq(d.CE_WORDS == 1)]
+                m.d.sync += idx.eq(rs.req.ready)
+                with m.If(rs.req.ready & (d.CE_WORDS == 1)):
+                    m.next = "WAIT"
+                with m.Else():
+                    m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += [rs.req.valid.eq(1), rs.req.payload.addr.eq(d.CE_BASE + idx),
                              rs.req.payload.tag.eq(idx + 1 == d.CE_WORDS)]
@@ -101,9 +111,8 @@ class WordFeeder(wiring.Component):
 
 
 def basis_request_layout(config: SDConfig) -> data.StructLayout:
-    """A basis load request: group and block of the row that will swap it in."""
-    return data.StructLayout({"group": unsigned(config.group_bits),
-                              "block": unsigned(config.block_bits)})
+    """A basis load request: address of lane 0's word of the (group, block) to load."""
+    return data.StructLayout({"addr": unsigned(geometry(config).basis + 1)})
 
 
 class BasisLoader(wiring.Component):
@@ -111,7 +120,6 @@ class BasisLoader(wiring.Component):
 
     Attributes
     ----------
-    desc : In
     requests : In(stream.Signature(basis_request_layout(config)))
     basis : Out(stream.Signature(basis_word_layout(config)))
         To `BasisArray.basis` (it holds ``ready`` low while its shadow bank is full).
@@ -123,7 +131,6 @@ class BasisLoader(wiring.Component):
         self.config = config
         g = geometry(config)
         super().__init__({
-            "desc": In(descriptor_layout(config)),
             "requests": In(stream.Signature(basis_request_layout(config))),
             "basis": Out(stream.Signature(basis_word_layout(config))),
             "r_addr": Out(g.basis), "r_en": Out(1), "r_data": In(config.basis_word_bits),
@@ -131,7 +138,7 @@ class BasisLoader(wiring.Component):
         })
 
     def elaborate(self, platform):
-        cfg, d = self.config, self.desc
+        cfg = self.config
         g = geometry(cfg)
         L = cfg.lanes
         m = Module()
@@ -144,11 +151,8 @@ class BasisLoader(wiring.Component):
                      self.basis.payload.lane.eq(rs.resp.payload.tag),
                      rs.resp.ready.eq(self.basis.ready)]
         lane = Signal(range(L + 1))
-        base = Signal(g.basis + 1)
-        req = self.requests.payload
-        m.d.comb += base.eq(d.BASIS_BASE + (req.group * d.N_BLOCKS + req.block) * L)
         m.d.comb += [rs.req.valid.eq(self.requests.valid),
-                     rs.req.payload.addr.eq(base + lane),
+                     rs.req.payload.addr.eq(self.requests.payload.addr + lane),
                      rs.req.payload.tag.eq(lane)]
         with m.If(self.requests.valid & rs.req.ready):
             with m.If(lane == L - 1):
@@ -169,6 +173,8 @@ class QuantLoader(wiring.Component):
         ``relu`` from the descriptor's flags; channels ``>= COUT`` are zero.
     r_addr, r_en : Out; r_data : In
     reads : Out(1)
+    idle : Out(1)
+        Every bundle of the layer is formed (the last may still wait on ``bundles``).
     """
 
     def __init__(self, config: SDConfig):
@@ -179,7 +185,7 @@ class QuantLoader(wiring.Component):
             "layer_start": In(1),
             "bundles": Out(stream.Signature(quant_layout(config))),
             "r_addr": Out(g.quant), "r_en": Out(1), "r_data": In(config.quant_word_bits),
-            "reads": Out(1),
+            "reads": Out(1), "idle": Out(1),
         })
 
     def elaborate(self, platform):
@@ -245,7 +251,9 @@ class QuantLoader(wiring.Component):
                     m.d.sync += [group.eq(group + 1), chan.eq(chan + 1)]
             with m.Else():
                 m.d.sync += [lane.eq(lane + 1), chan.eq(chan + 1)]
+        m.d.comb += self.idle.eq(~active & ~pending & ~self.layer_start)
+        # The previous layer's last bundle may still wait in `out`: it is kept.
         with m.If(self.layer_start):
             m.d.sync += [active.eq(1), group.eq(0), tile.eq(0), lane.eq(0), chan.eq(0),
-                         filled.eq(0), pending.eq(0), out.valid.eq(0)]
+                         filled.eq(0), pending.eq(0)]
         return m

@@ -26,8 +26,8 @@ import numpy as np
 
 from hw.arith import magic
 from hw.config import SDConfig
-from hw.descriptor import (DESC_SLOT_WORDS, FIELDS, FLAG_RELU, FLAG_SCATTER, act_bank_depth,
-                           encode_field)
+from hw.descriptor import (DESC_SLOT_WORDS, FIELDS, FLAG_PRELOAD, FLAG_RELU, FLAG_SCATTER,
+                           act_bank_depth, encode_field)
 
 __all__ = ["LayerSpec", "ActLayout", "Program", "compile_network", "specs_from_qnet",
            "layer_ideal_cycles"]
@@ -73,6 +73,7 @@ class LayerSpec:
     basis: tuple = (0, 0)
     quant: tuple = (0, 0)
     kept_rows: tuple = ()
+    preload: bool = False   #: the first row of group 0 is in basis block 0
 
     @property
     def cout(self) -> int:
@@ -341,7 +342,8 @@ def compile_network(layers: Sequence[LayerSpec], config: SDConfig, batch: int = 
         tile = min(cfg.acc_depth, positions)
         n_tiles = _ceil(positions, tile)
         px, py = gf["PAD_X"], gf["PAD_Y"]
-        flags = (FLAG_RELU if spec.relu else 0) | (FLAG_SCATTER if scatter else 0)
+        flags = ((FLAG_RELU if spec.relu else 0) | (FLAG_SCATTER if scatter else 0)
+                 | (FLAG_PRELOAD if kind == "sd" and spec.preload else 0))
         out_wq = _ceil(wo, S)
         fields = dict(
             FLAGS=flags, CE_BASE=wbase, CE_WORDS=wwords, BASIS_BASE=bbase,
@@ -381,14 +383,18 @@ def specs_from_qnet(qnet, placements, kind: str = "sd") -> list[LayerSpec]:
             kept = tuple(int(k) for k in lay.sd.kept_rows())
             # A group without kept rows still costs one (empty) row pass.
             kept = tuple(max(1, k) for k in kept)
+            first = np.flatnonzero(lay.sd.row_keep[0].numpy())
+            # an empty group 0 emits one row of block 0
+            preload = first.size == 0 or int(first[0]) < lay.config.block_rows
         else:
             weights, quant = pl["weights"], pl["quant"]
             basis = (0, 0)
             kept = tuple([lay.sd.rows] * lay.sd.n_groups)
+            preload = False
         specs.append(LayerSpec(
             name=lay.name, kind=lay.kind, weight_shape=tuple(lay.weight_shape),
             in_shape=tuple(lay.in_shape), out_shape=tuple(lay.out_shape),
             stride=tuple(lay.stride), padding=tuple(lay.padding), relu=bool(lay.relu),
             weights=tuple(weights), basis=tuple(basis), quant=tuple(quant),
-            kept_rows=kept))
+            kept_rows=kept, preload=bool(preload)))
     return specs

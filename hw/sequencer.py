@@ -62,6 +62,8 @@ class RowAddress(wiring.Component):
     desc : In(descriptor_layout(config))
     rows : In(stream.Signature(row_ref_layout(config)))
     info : Out(stream.Signature(row_info_layout(config)))
+    idle : Out(1)
+        No row in the pipeline.
     """
 
     LATENCY = 4
@@ -72,6 +74,7 @@ class RowAddress(wiring.Component):
             "desc": In(descriptor_layout(config)),
             "rows": In(stream.Signature(row_ref_layout(config))),
             "info": Out(stream.Signature(row_info_layout(config))),
+            "idle": Out(1),
         })
 
     def elaborate(self, platform):
@@ -120,6 +123,8 @@ class RowAddress(wiring.Component):
                 out.kx0.eq(kxs * cfg.basis_size),
                 out.wlim.eq(Mux(s3["last_c"], d.IN_WLAST, d.IN_W)),
             ]
+        m.d.comb += self.idle.eq(~s1["valid"] & ~s2["valid"] & ~s3["valid"]
+                                 & ~self.info.valid)
         return m
 
 
@@ -303,9 +308,16 @@ class RowSequencer(wiring.Component):
         w_in, i_in, q_in = self.weights, self.info, self.quant
         pair = Signal()
         take = Signal()
+        # After the final position of the layer, rows of the next layer wait for its
+        # layer_start (the writer must finish this layer before they read activations).
+        finished = Signal()
+        layer_end = Signal()
+        m.d.comb += layer_end.eq(issue & row_end & tile_end & (tile + 1 == d.N_TILES))
+        with m.If(layer_end):
+            m.d.sync += finished.eq(1)
         m.d.comb += [
             pair.eq(w_in.valid & i_in.valid & (~w_in.payload.first | q_in.valid)),
-            take.eq(pair & (~held_valid | (issue & row_end))),
+            take.eq(pair & ~finished & ~layer_end & (~held_valid | (issue & row_end))),
             w_in.ready.eq(take), i_in.ready.eq(take),
             q_in.ready.eq(take & w_in.payload.first),
         ]
@@ -334,5 +346,5 @@ class RowSequencer(wiring.Component):
         with m.If(self.layer_start):
             m.d.sync += [cur.eq(first_pos), snap.eq(first_pos), t.eq(0), tile.eq(0),
                          tile_size.eq(Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)),
-                         held_valid.eq(0)]
+                         held_valid.eq(0), finished.eq(0)]
         return m

@@ -192,7 +192,8 @@ class AcceleratorTop(wiring.Component):
             host.error_code.eq(ctrl.error_code), host.error_layer.eq(ctrl.error_layer),
             host.layer.eq(ctrl.layer), host.cycles.eq(ctrl.cycles),
             host.err_count.eq(ctrl.err_count), host.layer_cycles.eq(ctrl.layer_cycles),
-            dp.desc.eq(ctrl.desc), dp.layer_start.eq(ctrl.layer_start),
+            dp.desc_w.eq(ctrl.desc_w), dp.w_start.eq(ctrl.w_start), ctrl.w_idle.eq(dp.w_idle),
+            dp.desc_a.eq(ctrl.desc_a), dp.a_start.eq(ctrl.a_start),
             ctrl.layer_done.eq(dp.layer_done), ctrl.progress.eq(dp.progress),
             ctrl.dp_error.eq(dp.error), ctrl.dp_error_code.eq(dp.error_code),
         ]

@@ -81,7 +81,7 @@ class ResultWriter(wiring.Component):
         g = geometry(cfg)
         m = Module()
         rl = results_layout(cfg)
-        m.submodules.buf = buf = fifo.SyncFIFOBuffered(width=rl.size, depth=self.fifo_depth)
+        m.submodules.buf = buf = fifo.SyncFIFO(width=rl.size, depth=self.fifo_depth)
         m.d.comb += [buf.w_data.eq(self.results.payload), buf.w_en.eq(self.results.valid),
                      self.results.ready.eq(buf.w_rdy)]
         res = Signal(rl)
