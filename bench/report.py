@@ -88,6 +88,9 @@ _ROWS: list[Row] = [
     ("Energy efficiency vs dense int8, weights streamed from DRAM (digits CNN)", "x",
      _v("energy.network.ratio_dram"), f"{PAPER['energy_efficiency_x']} (inference, "
      "real hardware, their networks)", _const("1"), "smartdeal bench --only energy"),
+    ("Energy per image, weights from DRAM (SD / dense)", "nJ",
+     _v("energy.network.sd_nj_per_image_dram"), "—",
+     _v("energy.network.dense_nj_per_image_dram"), "smartdeal bench --only energy"),
     ("Energy efficiency vs dense int8, weights on chip (digits CNN)", "x",
      _v("energy.network.ratio_onchip"), "—", _const("1"), "smartdeal bench --only energy"),
     ("Test accuracy, digits CNN (SD fine-tuned / dense fp32)", "%",
