@@ -110,9 +110,10 @@ class SparseDecoder(wiring.Component):
     ``n_groups == 0`` or ``n_rows > max_rows``.  A slot is checked when its final word
     arrives (``last`` on every word); the first error found sets ``error`` and
     ``error_code`` and sends the decoder to idle (``busy`` low).  The failing slot is
-    never emitted, and since the word that reveals an error is only taken while the
-    output register is empty or being read, ``rows.valid`` is low from the cycle
-    ``error`` rises until the next ``start``.  While ``error`` is set the decoder accepts
+    never emitted, and since the word that reveals an error is only taken (and bad
+    ``start`` arguments are only reported, ``busy`` high until then) while the output
+    register is empty or being read, ``rows.valid`` is low whenever ``error`` is high
+    (a bounded proof in ``tests/test_decoder_formal.py``).  While ``error`` is set the decoder accepts
     and discards every word (``words.ready`` high), so an upstream reader can never
     hang on it; before the first ``start`` and after ``done`` it takes no words.
     """
@@ -164,7 +165,8 @@ class SparseDecoder(wiring.Component):
         m.d.comb += completing.eq(widx == wpr - 1)
         running = Signal()
         m.d.comb += running.eq((state == _State.HEADER) | (state == _State.RECORD))
-        with m.If(self.start):
+        bad_args = Signal()                   # latched at start, reported when out_free
+        with m.If(self.start | bad_args):
             m.d.comb += self.words.ready.eq(0)
         with m.Elif(running):
             m.d.comb += self.words.ready.eq(Mux(completing | word.last, out_free, 1))
@@ -182,8 +184,13 @@ class SparseDecoder(wiring.Component):
         with m.If(self.start):
             m.d.sync += [self.error.eq(0), self.error_code.eq(DecodeError.NONE),
                          groups.eq(self.n_groups), rows_r.eq(self.n_rows), group.eq(0),
-                         widx.eq(0), state.eq(_State.HEADER)]
-            with m.If((self.n_groups == 0) | (self.n_rows > cfg.max_rows)):
+                         widx.eq(0), state.eq(_State.HEADER),
+                         bad_args.eq((self.n_groups == 0) | (self.n_rows > cfg.max_rows))]
+
+        # ---- bad arguments: reported once a row of the previous stream has left ------
+        with m.Elif(bad_args):
+            with m.If(out_free):
+                m.d.sync += bad_args.eq(0)
                 fail(DecodeError.BAD_ARGS)
 
         # ---- a word that does not complete its slot --------------------------------

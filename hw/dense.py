@@ -37,7 +37,8 @@ class DenseRowReader(wiring.Component):
         As in `SparseDecoder`: ``start`` latches the counts and clears ``error``;
         ``error_code`` is ``BAD_ARGS`` (``n_groups == 0``, ``n_rows == 0`` or
         ``n_rows > max_rows``), ``EARLY_LAST`` or ``MISSING_LAST``.  After an error the
-        reader is idle and drains its input until ``start``.
+        reader is idle and drains its input until ``start``; ``rows.valid`` is low
+        whenever ``error`` is high.
     rows : Out(stream.Signature(weights_row_layout(config, weight_bits)))
         ``row``, ``block`` (``row // block_rows``), ``group``, ``new_block`` (row 0 of a
         group or first row of a block), ``first``/``last`` (row 0 / ``n_rows - 1``),
@@ -87,7 +88,8 @@ class DenseRowReader(wiring.Component):
             m.d.sync += out.valid.eq(0)
         m.d.sync += self.done.eq(0)
 
-        with m.If(self.start):
+        bad_args = Signal()                   # latched at start, reported when out_free
+        with m.If(self.start | bad_args):
             m.d.comb += self.words.ready.eq(0)
         with m.Elif(running):
             m.d.comb += self.words.ready.eq(~out.valid | out.ready)
@@ -107,9 +109,14 @@ class DenseRowReader(wiring.Component):
         with m.If(self.start):
             m.d.sync += [self.error.eq(0), self.error_code.eq(DecodeError.NONE),
                          groups.eq(self.n_groups), rows_r.eq(self.n_rows), group.eq(0),
-                         row.eq(0), block.eq(0), in_block.eq(0), running.eq(1)]
-            with m.If((self.n_groups == 0) | (self.n_rows == 0)
-                      | (self.n_rows > cfg.max_rows)):
+                         row.eq(0), block.eq(0), in_block.eq(0), running.eq(1),
+                         bad_args.eq((self.n_groups == 0) | (self.n_rows == 0)
+                                     | (self.n_rows > cfg.max_rows))]
+        with m.Elif(bad_args):
+            # Reported once a row of the previous stream has left: no valid row is ever
+            # offered while `error` is high.
+            with m.If(~out.valid | out.ready):
+                m.d.sync += bad_args.eq(0)
                 fail(DecodeError.BAD_ARGS)
         with m.Elif(take):
             with m.If(word.last & ~final):
