@@ -47,6 +47,7 @@ def run(ctx: Context) -> SectionOutput:
                                     seed=seed, dense_model=copy.deepcopy(dense),
                                     progress=ctx.progress)
         m = res.metrics
+        ctx.shared.setdefault("sd_model", res.sd_model)
         runs.append({
             "seed": seed,
             "dense": m["acc_dense_fp32"], "decomposed": m["acc_sd_decomposed"],

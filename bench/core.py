@@ -222,6 +222,8 @@ class SectionOutput:
     details: dict = field(default_factory=dict)    # target key -> detail dict
     plots: list = field(default_factory=list)      # paths of PNGs written
     notes: list = field(default_factory=list)      # sentences for docs/results.md
+    # Tables for docs/results.md: {"title": str, "header": [str], "rows": [[cell]]}.
+    tables: list = field(default_factory=list)
     # Target key -> why it was not measured (its part could not run).
     unavailable: dict = field(default_factory=dict)
     # Target key -> why its measuring step ran and failed (flagged "fail", no value).

@@ -106,5 +106,20 @@ def run(ctx: Context) -> SectionOutput:
         f"{cfg.rebuilt_weight_bits}-bit rebuilt weights (8-bit in the baseline) and the "
         f"rebuild adds shifts and adds; the dense baseline also runs the rows SD's "
         f"structural pruning removed.")
+    tables = []
+    for b in data["batches"]:
+        e = values["batches"][b]
+        rows = []
+        for label in [*names, "network"]:
+            rec = e["network"] if label == "network" else e["layers"][label]
+            rows.append([label, rec["sd"]["dram"]["total_pj"] / 1e3,
+                         rec["dense"]["dram"]["total_pj"] / 1e3, rec["ratio_dram"],
+                         rec["sd"]["onchip"]["total_pj"] / 1e3,
+                         rec["dense"]["onchip"]["total_pj"] / 1e3, rec["ratio_onchip"]])
+        tables.append({"title": f"Energy per image, batch {b} (nJ; ratio = dense / SD)",
+                       "header": ["layer", "SD, DRAM", "dense, DRAM", "ratio DRAM",
+                                  "SD, on chip", "dense, on chip", "ratio on chip"],
+                       "rows": rows})
     measured = {"energy.ratio_dram": ratio}
-    return SectionOutput(values=values, measured=measured, plots=plots, notes=notes)
+    return SectionOutput(values=values, measured=measured, plots=plots, notes=notes,
+                         tables=tables)

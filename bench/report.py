@@ -51,7 +51,7 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             return str(value)
-        if abs(value) >= 1e4:
+        if abs(value) >= 1e3:
             return f"{value:,.0f}"
         return f"{value:.{digits}g}"
     return str(value)
@@ -193,6 +193,11 @@ def render(results: dict, docs_dir: Path = REPO / "docs") -> str:
         if notes:
             out.append("")
             out += [f"- {n}" for n in notes]
+        for table in sec.get("tables") or []:
+            out += ["", f"**{table['title']}**", "",
+                    "| " + " | ".join(table["header"]) + " |",
+                    "| " + " | ".join("---" for _ in table["header"]) + " |"]
+            out += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in table["rows"]]
         for plot in sec.get("plots", []):
             out += ["", f"![{name}]({_rel(plot, docs_dir)})"]
     out.append("")

@@ -216,7 +216,16 @@ def run(ctx: Context) -> SectionOutput:
         f"{values['weight_memory_ratio_no_quant']:.3f} without the bias/requantization words "
         f"both hold).",
     ]
+    tables = [{"title": "Layer cycles per run on the simulated RTL",
+               "header": ["layer", "batch", "SD cycles", "ideal", "SD over ideal (%)",
+                          "dense cycles", "dense ideal", "dense over ideal (%)"],
+               "rows": [[n, b, sd["batches"][b]["layer_cycles"][i], sd["batches"][b]["ideal"][i],
+                         100 * sd["batches"][b]["over_ideal"][i],
+                         dense["batches"][b]["layer_cycles"][i],
+                         dense["batches"][b]["ideal"][i],
+                         100 * dense["batches"][b]["over_ideal"][i]]
+                        for b in data["batches"] for i, n in enumerate(names)]}]
     if np.isnan(measured["rtl.cycles_over_ideal"]):
         raise RuntimeError("a layer has an ideal cycle count of 0")
     return SectionOutput(values=values, measured=measured, plots=[plot], notes=notes,
-                         unavailable=unavailable)
+                         unavailable=unavailable, tables=tables)

@@ -82,7 +82,8 @@ def run_section(name: str, ctx: Context) -> dict:
         record.update(status="ok", values=_jsonable(out.values),
                       measured=_jsonable(out.measured), details=_jsonable(out.details),
                       plots=[str(p) for p in out.plots], notes=list(out.notes),
-                      unavailable=dict(out.unavailable), failed=dict(out.failed))
+                      unavailable=dict(out.unavailable), failed=dict(out.failed),
+                      tables=_jsonable(out.tables))
     except NotAvailable as exc:
         record.update(status=NOT_AVAILABLE, reason=str(exc))
     except Exception as exc:  # noqa: BLE001 - any failure is recorded, never a pass

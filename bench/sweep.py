@@ -50,7 +50,7 @@ def sweep_points(quick: bool) -> list[dict]:
     """The sweep grid: code width x pruning, basis bits x pruning, and a threshold line."""
     if quick:
         return ([dict(BASE, exp_bits=e) for e in (2, 3, 4)]
-                + [dict(BASE, prune=p) for p in (0.3, 0.7)])
+                + [dict(BASE, prune=0.3), dict(BASE, exp_bits=2, prune=0.8)])
     grid = [dict(BASE, exp_bits=e, prune=p)
             for e, p in itertools.product((2, 3, 4), (0.0, 0.3, 0.5, 0.7, 0.85))]
     grid += [dict(BASE, basis_bits=b, prune=p) for b, p in itertools.product((4, 6), (0.3, 0.5))]
@@ -188,6 +188,14 @@ def run(ctx: Context) -> SectionOutput:
     notes.append("Pareto front (integer reference): " + "; ".join(
         f"{p['bits_per_weight']:.2f} b/w → {p['acc_int']:.1f}% (e{p['exp_bits']} "
         f"B{p['basis_bits']} prune {p['prune']})" for p in values["pareto"]))
+    table = {"title": "Sweep points (accuracy in %; * = on the Pareto front)",
+             "header": ["code bits", "basis bits", "prune (conv2, conv3)", "threshold",
+                        "bits/weight", "float, decomposed", "float, fine-tuned",
+                        "integer reference", "Pareto"],
+             "rows": [[p["code_bits"], p["basis_bits"], p["prune"], p["threshold"] or "default",
+                       p["bits_per_weight"], p["acc_float_decomposed"], p["acc_float"],
+                       p["acc_int"], "*" if p["pareto"] else ""]
+                      for p in sorted(points, key=lambda q: q["bits_per_weight"])]}
     if any(math.isnan(p["acc_float"]) for p in points):
         raise RuntimeError("a sweep point produced a NaN accuracy")
-    return SectionOutput(values=values, plots=[plot], notes=notes)
+    return SectionOutput(values=values, plots=[plot], notes=notes, tables=[table])
