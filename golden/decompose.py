@@ -134,11 +134,17 @@ def check_weight(weight, name: str = "weight") -> torch.Tensor:
     w = weight.detach().to("cpu")
     if w.dtype not in (torch.float32, torch.float64):
         w = w.to(torch.float32)
-    finite = torch.isfinite(w)
-    if not finite.all():
-        bad = (~finite).nonzero()[0].tolist()
-        raise ValueError(f"{name}: {int((~finite).sum())} NaN or infinite weight value(s), "
-                         f"first at index {tuple(bad)} ({float(w[tuple(bad)])!r})")
+    # One float64 sum is NaN/inf iff some element is (it cannot overflow for float32
+    # input); the elementwise check only runs to locate a bad value.
+    if not math.isfinite(float(torch.sum(w, dtype=torch.float64))):
+        finite = torch.isfinite(w)
+        if not finite.all():
+            bad = (~finite).nonzero()[0].tolist()
+            raise ValueError(f"{name}: {int((~finite).sum())} NaN or infinite weight "
+                             f"value(s), first at index {tuple(bad)} "
+                             f"({float(w[tuple(bad)])!r})")
+        raise ValueError(f"{name}: weights too large to process (their float64 sum "
+                         f"overflows)")
     return w
 
 
@@ -251,21 +257,24 @@ def solve_blocks(blocks: torch.Tensor, exp_min: int, top: int, terms: int,
             changed = (cq - prev).abs_().flatten(1).amax(1) > tol
             if not bool(changed.all()):
                 # Converged blocks freeze here; the survivors are compacted so later
-                # iterations only touch blocks that still change.
-                done = ~changed
-                ce_out[act[done]] = ce_w[done]
+                # iterations only touch blocks that still change (index_select: several
+                # times faster than boolean or advanced indexing).
+                done = (~changed).nonzero().squeeze(1)
+                ce_out.index_copy_(0, act[done], ce_w.index_select(0, done))
                 iters[act[done]] = it
                 keep = changed.nonzero().squeeze(1)
-                act, a_w, ce_w, cq = act[keep], a_w[keep], ce_w[keep], cq[keep]
-                if act.numel() == 0:
+                if keep.numel() == 0:
+                    act = keep
                     break
+                act = act[keep]
+                a_w, ce_w, cq = (t.index_select(0, keep) for t in (a_w, ce_w, cq))
         b = _fit_basis(cq, a_w, ridge)
         ce_w = torch.bmm(_ce_operator_t(b, ridge, dtype), a_w)
         if opts.row_threshold:
             ce_w = _row_threshold_t(ce_w, thr)
         prev = cq
     if act.numel():
-        ce_out[act] = ce_w
+        ce_out.index_copy_(0, act, ce_w)
     cq = project(ce_out, exp_min, top, terms, thr)
     basis = _fit_basis(cq, a, ridge) / alpha[:, None, None]
     return cq, basis, iters
@@ -342,12 +351,18 @@ def _structure(w: torch.Tensor, cfg: SDConfig, opts: DecomposeOptions,
     return torch.ones(n_groups, r, dtype=torch.bool)
 
 
-def _term_codes(q: torch.Tensor, exp_min: int):
-    """mask, sign, int8 exponent of one-term values ``q`` (0 or powers of two)."""
-    mask = q != 0
-    _, e = torch.frexp(q)
-    exponent = torch.where(mask, e - 1, exp_min).to(torch.int8)
-    return mask, q < 0, exponent
+def _term_codes(q: torch.Tensor, exp_min: int, exp_max: int):
+    """mask, sign, int8 exponent of one-term values ``q`` (0 or ``+-2**e``).
+
+    Read from the IEEE bits (exact, and faster than ``frexp``): a zero's biased exponent
+    field is 0, which clamps to ``exp_min`` as the code convention wants.
+    """
+    # float32 holds every 0 / +-2**e of the code range exactly (also for float64 work);
+    # adding +0.0 turns a -0.0 into +0.0, so no "negative zero" code appears.
+    q = q.to(torch.float32) + 0.0
+    bits = q.view(torch.int32)
+    exponent = ((bits >> 23) & 0xFF).sub_(127).clamp_(exp_min, exp_max).to(torch.int8)
+    return q != 0, bits < 0, exponent
 
 
 @dataclass
@@ -379,21 +394,27 @@ def _finish_chunk(res: _Result, f0: int, cqt: torch.Tensor, basis: torch.Tensor,
     res.basis[f0:f0 + f] = b_int.to(torch.int32)
     res.scale[f0:f0 + f] = scale
     res.iters[f0 * n_blocks:f0 * n_blocks + nb] = iters
-    # What the hardware rebuilds, w^T = Bq^T Cq^T per block (float64: exact enough to
-    # compare implementations to 1e-12).
-    bq = (b_int * scale[:, None, None, None]).view(nb, s, s)
-    what_t = torch.bmm(bq.transpose(1, 2), cqt.to(torch.float64))
-    diff = (chunk.transpose(1, 2).to(torch.float64) - what_t).transpose(1, 2)
-    # Only real weights count: the zero padding past K is dropped by rows_to_weight.
-    res.err2 += float(diff.reshape(f, -1)[:, :fan_in].square().sum())
+    # What the hardware rebuilds, w^T = Bq^T Cq^T per block, against the kept weights
+    # (float32 products, float64 sum: ~1e-7 relative, same arithmetic in both solvers).
+    bq = (b_int * scale[:, None, None, None]).view(nb, s, s).to(cqt.dtype)
+    what_t = torch.bmm(bq.transpose(1, 2), cqt)
+    diff = chunk.transpose(1, 2).to(cqt.dtype) - what_t
+    err2 = float(torch.sum(diff * diff, dtype=torch.float64))
+    # Only real weights count: the zero padding past K (last row of each filter) is
+    # dropped by rows_to_weight, so its rebuilt values are no error.
     r = res.mask.shape[1]
+    pad = r * s - fan_in
+    if pad:
+        last = what_t.view(f, n_blocks, s, m)[:, -1, s - pad:, (r - 1) - (n_blocks - 1) * m]
+        err2 -= float(torch.sum(last * last, dtype=torch.float64))
+    res.err2 += err2
     cq = cqt.transpose(1, 2).reshape(f, n_blocks * m, s)[:, :r]
     terms = res.mask.shape[-1]
-    parts = [cq] if terms == 1 else [pow2_round(cq, cfg.exp_min, cfg.exp_max)]
+    parts = [cq] if terms == 1 else [pow2_round(cq.contiguous(), cfg.exp_min, cfg.exp_max)]
     if terms == 2:
         parts.append(cq - parts[0])
     for t, q in enumerate(parts):
-        mask, sign, exponent = _term_codes(q, cfg.exp_min)
+        mask, sign, exponent = _term_codes(q.contiguous(), cfg.exp_min, cfg.exp_max)
         res.mask[f0:f0 + f, :, :, t] = mask
         res.sign[f0:f0 + f, :, :, t] = sign
         res.exponent[f0:f0 + f, :, :, t] = exponent
@@ -431,9 +452,8 @@ def _run(weight, config, name, options, solver) -> SDWeight:
                           math.prod(w.shape[1:]))
     rows_nz = res.mask.any(dim=-1).any(dim=-1)                           # (Cout, R)
     row_keep = keep & group_rows_any(rows_nz, cfg.lanes)
-    w64 = w.to(torch.float64)
-    kept2 = float(blocks.to(torch.float64).square().sum())
-    total2 = float(w64.square().sum())
+    kept2 = float(torch.sum(blocks * blocks, dtype=torch.float64))
+    total2 = float(torch.sum(w * w, dtype=torch.float64))
     err2 = res.err2 + max(0.0, total2 - kept2)           # pruned rows are lost entirely
     extra = {"decompose": opts.as_dict(),
              "mean_iterations": float(res.iters.to(torch.float64).mean()),

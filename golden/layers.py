@@ -175,6 +175,26 @@ class SDLayer(nn.Module):
                         basis=b_int.to(torch.int32), basis_scale=s.to(torch.float64),
                         row_keep=row_keep, name=name)
 
+    @torch.no_grad()
+    def validate(self, name: str | None = None) -> SDWeight:
+        """Raise ValueError unless ``C`` is on the power-of-two grid and inside the support.
+
+        Returns the layer's `SDWeight` (whose own validation checks code ranges, the
+        basis width and the structural row pattern).
+        """
+        cfg = self.config
+        name = name or getattr(self, "_sd_name", None) or type(self).__name__
+        c = self.C.detach()
+        if not torch.isfinite(c).all() or not torch.isfinite(self.B.detach()).all():
+            raise ValueError(f"{name}: C or B holds NaN or infinite values")
+        if not torch.equal(project(c.float().contiguous(), cfg.exp_min, cfg.exp_max,
+                                   cfg.terms), c.float()):
+            raise ValueError(f"{name}: C holds values that are not sums of {cfg.terms} "
+                             f"power(s) of two in [2**{cfg.exp_min}, 2**{cfg.exp_max}]")
+        if (c.ne(0) & ~self.support()).any():
+            raise ValueError(f"{name}: C is non-zero outside its frozen mask / row pattern")
+        return self.to_sdweight(name)
+
     def sd_extra_repr(self) -> str:
         cfg = self.config
         live = float(self.support().float().mean()) if self.mask.numel() else 0.0

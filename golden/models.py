@@ -29,12 +29,16 @@ from golden.layers import SDConv2d, SDLayer, SDLinear, sd_layers
 from hw.config import SDConfig, load_config
 
 __all__ = ["DigitsCNN", "ARCHS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
-           "DEFAULT_CHECKPOINT", "save_checkpoint", "load_checkpoint", "sd_shell"]
+           "DEFAULT_CHECKPOINT", "DENSE_CHECKPOINT", "DENSE_FORMAT", "save_checkpoint",
+           "load_checkpoint", "save_dense_checkpoint", "load_dense_checkpoint", "sd_shell"]
 
 CHECKPOINT_FORMAT = "smartdeal-sd-checkpoint"
+DENSE_FORMAT = "smartdeal-dense-checkpoint"
 CHECKPOINT_VERSION = 1
 #: The trained SD checkpoint shipped with the package (default preset).
 DEFAULT_CHECKPOINT = Path(__file__).with_name("checkpoints") / "digits_sd.pt"
+#: The dense fp32 model it was converted from (for sweeps and equivalence tests).
+DENSE_CHECKPOINT = Path(__file__).with_name("checkpoints") / "digits_dense.pt"
 
 
 class DigitsCNN(nn.Module):
@@ -118,9 +122,63 @@ def save_checkpoint(path: "str | Path", model: nn.Module, config: SDConfig, *,
     return path
 
 
-def _require(cond: bool, path, what: str) -> None:
+def _require(cond: bool, path, what: str, fmt: str = CHECKPOINT_FORMAT) -> None:
     if not cond:
-        raise ValueError(f"{path}: not a valid {CHECKPOINT_FORMAT} file: {what}")
+        raise ValueError(f"{path}: not a valid {fmt} file: {what}")
+
+
+def _read(path: Path, fmt: str) -> dict:
+    """torch.load a checkpoint dict and check its format/version/arch/state_dict."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:   # pickle, zip and torch errors all mean "not a checkpoint"
+        raise ValueError(f"{path}: not a {fmt} file (cannot be read by "
+                         f"torch.load: {type(exc).__name__}: {exc})") from None
+    _require(isinstance(blob, dict), path, f"top level is {type(blob).__name__}, not a dict",
+             fmt)
+    _require(blob.get("format") == fmt, path, f"format field is {blob.get('format')!r}", fmt)
+    _require(blob.get("version") == CHECKPOINT_VERSION, path,
+             f"version {blob.get('version')!r} is not supported (expected "
+             f"{CHECKPOINT_VERSION})", fmt)
+    _require(blob.get("arch") in ARCHS, path,
+             f"unknown arch {blob.get('arch')!r} (known: {sorted(ARCHS)})", fmt)
+    state = blob.get("state_dict")
+    _require(isinstance(state, dict) and all(isinstance(v, torch.Tensor)
+                                             for v in state.values()),
+             path, "state_dict is not a dict of tensors", fmt)
+    return blob
+
+
+def save_dense_checkpoint(path: "str | Path", model: nn.Module, *,
+                          metrics: dict | None = None, arch: str = "DigitsCNN") -> Path:
+    """Write a dense (fp32) checkpoint: like the SD one, without ``config``."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
+    blob = {"format": DENSE_FORMAT, "version": CHECKPOINT_VERSION, "arch": arch,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "metrics": dict(metrics or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, path)
+    return path
+
+
+def load_dense_checkpoint(path: "str | Path | None" = None) -> tuple[nn.Module, dict]:
+    """Load a dense checkpoint (default: the shipped `DENSE_CHECKPOINT`).
+
+    Returns ``(model, metrics)``; raises like `load_checkpoint`.
+    """
+    path = Path(DENSE_CHECKPOINT if path is None else path)
+    blob = _read(path, DENSE_FORMAT)
+    model = ARCHS[blob["arch"]]()
+    try:
+        model.load_state_dict(blob["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: state_dict does not fit {blob['arch']}: {exc}") from None
+    model.eval()
+    return model, blob.get("metrics", {})
 
 
 def load_checkpoint(path: "str | Path | None" = None, *, with_info: bool = False):
@@ -143,29 +201,13 @@ def load_checkpoint(path: "str | Path | None" = None, *, with_info: bool = False
         the architecture, or coefficient codes outside the configured range).
     """
     path = Path(DEFAULT_CHECKPOINT if path is None else path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:   # pickle, zip and torch errors all mean "not a checkpoint"
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} file (cannot be read by "
-                         f"torch.load: {type(exc).__name__}: {exc})") from None
-    _require(isinstance(blob, dict), path, f"top level is {type(blob).__name__}, not a dict")
-    _require(blob.get("format") == CHECKPOINT_FORMAT, path,
-             f"format field is {blob.get('format')!r}")
-    _require(blob.get("version") == CHECKPOINT_VERSION, path,
-             f"version {blob.get('version')!r} is not supported (expected "
-             f"{CHECKPOINT_VERSION})")
-    arch = blob.get("arch")
-    _require(arch in ARCHS, path, f"unknown arch {arch!r} (known: {sorted(ARCHS)})")
+    blob = _read(path, CHECKPOINT_FORMAT)
+    arch = blob["arch"]
     try:
         config = SDConfig.from_dict(blob.get("config"))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: invalid configuration in checkpoint: {exc}") from None
-    state = blob.get("state_dict")
-    _require(isinstance(state, dict) and all(isinstance(v, torch.Tensor)
-                                             for v in state.values()),
-             path, "state_dict is not a dict of tensors")
+    state = blob["state_dict"]
     options = blob.get("options") or {}
     _require(isinstance(options, dict) and isinstance(options.get("sd_layers", []), list),
              path, "options.sd_layers is not a list")
@@ -176,7 +218,10 @@ def load_checkpoint(path: "str | Path | None" = None, *, with_info: bool = False
     except RuntimeError as exc:
         raise ValueError(f"{path}: state_dict does not fit {arch}: {exc}") from None
     for name, layer in sd_layers(model):
-        layer.to_sdweight(name)      # raises ValueError naming the layer on bad codes
+        try:
+            layer.validate(name)     # grid, support, code ranges, row pattern
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
     model.eval()
     info = {"metrics": blob.get("metrics", {}), "options": options}
     return (model, config, info) if with_info else (model, config)

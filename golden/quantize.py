@@ -92,7 +92,7 @@ def pow2_round(x: torch.Tensor, exp_min: int, exp_max: int,
     sign_mask = -(1 << (nbits - 1))               # the sign bit, as a signed integer
     mag_mask = (1 << (nbits - 1)) - 1
     exp_field = ((1 << (nbits - 1 - mbits)) - 1) << mbits
-    half = 1 << (mbits - 1)
+    half = 1 << (mbits - 1)          # adding it carries into the exponent iff m >= 1.5*2**k
     lo = _bits_of(2.0 ** exp_min, dtype)
     hi = _bits_of(2.0 ** exp_max, dtype)
     zero_below = _bits_of(2.0 ** (exp_min - 1), dtype)
@@ -101,13 +101,16 @@ def pow2_round(x: torch.Tensor, exp_min: int, exp_max: int,
 
     bits = x.contiguous().view(idt)
     mag = bits & mag_mask
-    q = ((mag + half) & exp_field).clamp_(lo, hi)
-    # Branch-free integer selects (masked_fill/where on bool masks are several times
-    # slower on CPU): ``(mag - zero_below) >> (nbits-1)`` is all ones exactly where the
-    # magnitude is below the zero cut; the sign is only kept on non-zero results.
-    drop = (mag - zero_below) >> (nbits - 1)
+    q = mag + half
+    q &= exp_field
+    q.clamp_(lo, hi)
+    # Branch-free integer select (masked_fill/where on bool masks and integer shifts are
+    # several times slower on CPU than add/and/clamp): ``keep`` is all ones (-1) where
+    # the magnitude reaches the zero cut and 0 below it; the sign survives only there.
+    # In-place ops: fewer fresh allocations, which cost page faults on large tensors.
+    keep = mag.neg_().add_(zero_below - 1).clamp_(-1, 0)
     q |= bits & sign_mask
-    q &= ~drop
+    q &= keep
     return q.view(dtype)
 
 

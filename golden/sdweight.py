@@ -167,10 +167,13 @@ class SDWeight:
                              f"[{cfg.basis_min}, {cfg.basis_max}]")
         if not torch.isfinite(self.basis_scale).all() or (self.basis_scale <= 0).any():
             raise ValueError(f"{n}: basis_scale must be finite and > 0")
-        live = self.exponent[self.mask]
-        if live.numel() and (int(live.min()) < cfg.exp_min or int(live.max()) > cfg.exp_max):
-            raise ValueError(f"{n}: exponents [{int(live.min())}, {int(live.max())}] exceed "
-                             f"the configured range [{cfg.exp_min}, {cfg.exp_max}]")
+        if self.mask.any():
+            # Range of the live exponents without boolean indexing (which is ~7x slower
+            # on large layers): masked-off entries are read as an in-range value.
+            lo, hi = torch.where(self.mask, self.exponent, cfg.exp_min).aminmax()
+            if int(lo) < cfg.exp_min or int(hi) > cfg.exp_max:
+                raise ValueError(f"{n}: exponents [{int(lo)}, {int(hi)}] exceed "
+                                 f"the configured range [{cfg.exp_min}, {cfg.exp_max}]")
         if (self.sign & ~self.mask).any():
             raise ValueError(f"{n}: sign set on a zero term (negative zero)")
         # Structural pattern: a row dropped for a group is zero for all its filters.
