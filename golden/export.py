@@ -207,7 +207,7 @@ def export_qnet(qnet: QNet, out_dir, formats: Sequence[str] = ALL_FORMATS,
 
 def export_network(model, config: SDConfig, out_dir, formats: Sequence[str] = ALL_FORMATS,
                    calib_images=None, *, input_scale: float = DEFAULT_INPUT_SCALE,
-                   method: str = "percentile", percentile: float = 99.99,
+                   method: str = "percentile", percentile: float = 99.9,
                    decompose_options: dict | None = None, progress: bool = True,
                    extra: dict | None = None) -> QNet:
     """Quantize ``model`` (`golden.qnet.build_qnet`) and export it; returns the `QNet`."""

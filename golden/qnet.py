@@ -12,7 +12,7 @@ Quantization (documented in ``docs/export.md``):
   = 1/127: inputs in ``[0, 1]`` map onto ``[0, 127]``).
 * Output scale of each layer from calibration: the float SD network (rebuilt weights,
   float64) runs on the calibration images; ``s_out = stat / act_max`` with ``stat`` the
-  ``p``-th percentile (default 99.99) of the layer's output magnitudes
+  ``p``-th percentile (default 99.9) of the layer's output magnitudes
   (``method="percentile"``, the default) or their maximum (``method="max"``).  The
   next layer's input scale is this ``s_out``.
 * Accumulator scale of channel ``o``: ``s_acc[o] = s_in * weight_scale[o]``
@@ -340,7 +340,7 @@ def calibration_stat(y: np.ndarray, method: str, percentile: float) -> float:
 
 # ------------------------------------------------------------------ builder
 def build_qnet(model, config: SDConfig, calib_images, *, input_scale: float = DEFAULT_INPUT_SCALE,
-               method: str = "percentile", percentile: float = 99.99,
+               method: str = "percentile", percentile: float = 99.9,
                decompose_options: dict | None = None,
                layers: Sequence[tuple[str, Any, bool]] | None = None,
                progress: bool = False) -> QNet:

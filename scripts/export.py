@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-method", choices=("max", "percentile"), default="percentile",
                    help="calibration statistic of each layer's output magnitude (default "
                         "percentile)")
-    p.add_argument("--percentile", type=float, default=99.99,
-                   help="percentile for --calib-method percentile (default 99.99)")
+    p.add_argument("--percentile", type=float, default=99.9,
+                   help="percentile for --calib-method percentile (default 99.9)")
     p.add_argument("--input-scale", type=float, default=None,
                    help="real value of one integer input unit (default 1/127)")
     p.add_argument("--no-eval", action="store_true",
