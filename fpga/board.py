@@ -2,7 +2,7 @@
 
 Two boards, each with a constraint file written for it (``fpga/boards/``):
 
-* **ULX3S** (ECP5 LFE5U-25F/85F, CABGA381): 25 MHz clock on G2, the FT231X serial port
+* **ULX3S** (ECP5 LFE5U-85F, also 25F/45F, CABGA381): 25 MHz clock on G2, the FT231X serial port
   (FPGA receives on M1 ``ftdi_txd``, transmits on L4 ``ftdi_rxd``), button F1 (R1) as
   reset, eight LEDs.
 * **iCEBreaker** (iCE40UP5K, SG48): 12 MHz clock on pin 35, the FT2232H serial port
@@ -59,7 +59,7 @@ class Board:
 
 
 BOARDS: dict[str, Board] = {
-    "ulx3s": Board("ulx3s", "ecp5-25k", 25e6, "ulx3s.lpf", "clk_25mhz", "ftdi_txd",
+    "ulx3s": Board("ulx3s", "ecp5-85k", 25e6, "ulx3s.lpf", "clk_25mhz", "ftdi_txd",
                    "ftdi_rxd", "btn_f1", False, ("led",), False, ("wifi_gpio0",)),
     "icebreaker": Board("icebreaker", "ice40-up5k", 12e6, "icebreaker.pcf", "clk_12mhz",
                         "rx", "tx", "btn_n", True, ("ledr_n", "ledg_n"), True),

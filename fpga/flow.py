@@ -228,7 +228,7 @@ def synthesize(design: VerilogDesign, dev: Device, workdir: Path, *, top: str,
             break
         except ToolError as exc:
             # yosys 0.70 ABC9 abort on some designs: retry once with -dff (see _synth_stat)
-            if fallback or "count_id" not in str(exc):
+            if fallback or not _abc9_abort(exc):
                 raise
     return {"modules": parse_stat(stat), "netlist": str(netlist) if flatten else None,
             "seconds": round(seconds, 2), "log": str(log),
@@ -270,13 +270,24 @@ def block_targets(modules: list[str], top: str, depth: int = 2) -> list[str]:
     return [m for m in inside if not any(o.startswith(m + ".") for o in inside)]
 
 
+def _abc9_abort(exc: ToolError) -> bool:
+    """True for yosys 0.70's assertion failures in ABC9's re-integration step."""
+    text = str(exc)
+    if "Assert" in text:
+        return True
+    log = getattr(exc, "log", None)
+    return bool(log and Path(log).is_file() and
+                "ABC_OPS_REINTEGRATE" in Path(log).read_text(errors="replace")[-4000:])
+
+
 def _synth_stat(design: VerilogDesign, dev: Device, workdir: Path, target: str, tag: str,
                 dsp: bool, timeout_s) -> tuple[dict, float, "str | None"]:
     """Synthesize ``target`` of ``design`` alone; return its cells, time and fallback used.
 
-    yosys 0.70's ABC9 step aborts on some modules (``ABC_OPS_REINTEGRATE``: assertion
-    ``count_id(wire->name) == 0``); such a module is synthesized again with ``-dff``
-    (ABC9 also maps the flip-flops), which avoids the abort.
+    yosys 0.70's ABC9 step aborts on some modules (``ABC_OPS_REINTEGRATE``: assertions
+    ``count_id(wire->name) == 0`` or ``GetSize(conn.first) == GetSize(conn.second)``);
+    such a module is synthesized again with ``-dff`` (ABC9 also maps the flip-flops),
+    which avoids the abort.
     """
     cwd = _tool_cwd(design, workdir)
     out = workdir / f"stat_{tag}.json"
@@ -291,7 +302,7 @@ def _synth_stat(design: VerilogDesign, dev: Device, workdir: Path, target: str, 
             seconds = run_tool("yosys", ["-q", "-l", _rel(workdir / f"synth_{tag}.full.log", cwd),
                                          "-s", _rel(script, cwd)], log, cwd, timeout_s)
         except ToolError as exc:
-            if extra or "count_id" not in str(exc):
+            if extra or not _abc9_abort(exc):
                 raise
             continue
         return parse_stat(out), seconds, " ".join(extra) or None
@@ -557,11 +568,19 @@ def critical_path(paths: list, blocks: Iterable[str] = (), prefix: str = "") -> 
 
 
 # ----------------------------------------------------------------------- one run
+def _design_key(design: VerilogDesign) -> tuple:
+    """Identity of a design's sources (path and content hash of every file)."""
+    import hashlib
+    return (design.top, *((str(f), hashlib.sha256(Path(f).read_bytes()).hexdigest())
+                           for f in design.files))
+
+
 def run_flow(design: VerilogDesign, dev: "str | Device", workdir: "str | Path", *,
              target_mhz: "float | None" = None, harness: bool = True,
              constraints: "Path | None" = None, per_block: bool = True, dsp: bool = True,
              seed: int = 1, bitstream: bool = False, timeout_s: "float | None" = None,
-             log: "Callable[[str], None] | None" = None) -> dict:
+             log: "Callable[[str], None] | None" = None,
+             synth_cache: "dict | None" = None) -> dict:
     """Synthesize, check the fit, place and route ``design`` on ``dev``.
 
     Parameters
@@ -582,6 +601,10 @@ def run_flow(design: VerilogDesign, dev: "str | Device", workdir: "str | Path", 
         Also synthesize the design and its blocks alone for per-block figures.
     dsp : bool
         Allow DSP blocks (False maps multipliers to LUTs).
+    synth_cache : dict, optional
+        Shared between calls: synthesis does not depend on the device size, so a design
+        already synthesized for the same family (same files, top, options) is reused
+        (e.g. ECP5 25k and 85k).
 
     Returns
     -------
@@ -619,15 +642,27 @@ def run_flow(design: VerilogDesign, dev: "str | Device", workdir: "str | Path", 
                 "in": sum(p.width for p in ports
                           if p.direction == "input" and p.name not in design.clocks),
                 "out": sum(p.width for p in ports if p.direction == "output")}
-        say(f"{design.label} @ {dev.name}: synthesis")
-        flat = synthesize(design, dev, workdir, top=top, extra_files=extra, dsp=dsp,
-                          timeout_s=timeout_s)
+        key = (_design_key(design), dev.family, dsp, harness, per_block,
+               dev.capacity.get("dsp", 0) > 0, dev.capacity.get("spram", 0) > 0)
+        cached = (synth_cache or {}).get(key)
+        if cached:
+            say(f"{design.label} @ {dev.name}: synthesis reused from {cached['device']}")
+            flat, per = cached["flat"], cached["per"]
+            result["synth_reused_from"] = cached["device"]
+        else:
+            say(f"{design.label} @ {dev.name}: synthesis")
+            flat = synthesize(design, dev, workdir, top=top, extra_files=extra, dsp=dsp,
+                              timeout_s=timeout_s)
+            per = None
+            if per_block:
+                say(f"{design.label} @ {dev.name}: per-block synthesis")
+                per = block_stats(design, dev, workdir, dsp=dsp, timeout_s=timeout_s)
+            if synth_cache is not None:
+                synth_cache[key] = {"device": dev.name, "flat": flat, "per": per}
         used = categorise(module_totals(flat["modules"], top), dev.family)
         result["synth"] = {"utilisation": used, "seconds": flat["seconds"],
                            "fallback": flat["fallback"]}
-        if per_block:
-            say(f"{design.label} @ {dev.name}: per-block synthesis")
-            per = block_stats(design, dev, workdir, dsp=dsp, timeout_s=timeout_s)
+        if per is not None:
             result["blocks"] = per["blocks"]
             result["synth"]["blocks_seconds"] = per["seconds"]
             result["synth"]["blocks_fallback"] = per["fallbacks"]

@@ -18,8 +18,8 @@ from typing import Callable
 from fpga import report
 from fpga.flow import VerilogDesign, amaranth_design, run_flow
 
-__all__ = ["TopUnavailable", "build_for", "design_of", "block_runs", "board_run",
-           "checks_for", "write_doc", "BLOCK_NAMES"]
+__all__ = ["TopUnavailable", "build_for", "design_of", "bare_design", "failed_run",
+           "block_runs", "board_run", "checks_for", "write_doc", "BLOCK_NAMES"]
 
 #: registry blocks measured alone with --blocks (the tops are measured by the plan)
 BLOCK_NAMES = ("shifter", "decoder", "basis_array", "mac", "dense")
@@ -30,7 +30,7 @@ class TopUnavailable(RuntimeError):
 
 
 def build_for(preset_name: str, out: Path):
-    """Write (or reuse, when up to date) the build folder of ``preset_name``."""
+    """Write the build folder of ``preset_name`` (``smartdeal verilog``) into ``out``."""
     try:
         from scripts.verilog import write_build
     except ImportError as exc:      # pragma: no cover - only while the tree is incomplete
@@ -48,6 +48,27 @@ def design_of(build, kind: str) -> VerilogDesign:
     root = Path(b.root)
     return VerilogDesign(top=b.top, files=tuple(root / f for f in b.verilog),
                          data_dir=root / b.init_dir, clocks=(b.clock,), name=b.top)
+
+
+def bare_design(preset_name: str, kind: str, out: Path) -> VerilogDesign:
+    """The accelerator of ``kind`` for a preset with empty weight memories (resources only)."""
+    from hw.config import preset
+    from hw.top import AcceleratorTop
+    from scripts.verilog import DENSE_TOP, SD_TOP
+
+    top = SD_TOP if kind == "sd" else DENSE_TOP
+    return amaranth_design(AcceleratorTop(preset(preset_name), kind), top, out,
+                           name=f"{top} (memories empty)")
+
+
+def failed_run(preset_name: str, dev: str, kind: str, error: str) -> dict:
+    """A run that could not start, recorded as failed (no figures)."""
+    from fpga.devices import device
+    from scripts.verilog import DENSE_TOP, SD_TOP
+    d = device(dev)
+    return {"design": SD_TOP if kind == "sd" else DENSE_TOP, "device": d.name, "part": d.part,
+            "family": d.family, "status": "failed", "error": error, "preset": preset_name,
+            "kind": kind, "seconds": 0.0, "target_mhz": d.default_mhz}
 
 
 def block_runs(preset_name: str, dev: str, work: Path,
@@ -151,7 +172,7 @@ def checks_for(pairs, builds) -> list[report.Check]:
 
 
 def write_doc(path: Path, pairs, runs, checks, block_results, board_results, builds,
-              seconds: float) -> Path:
+              seconds: float, extra_pairs=(), build_errors=None) -> Path:
     """``docs/fpga.md`` and its plot from one report run."""
     path = Path(path)
     plot = report.plot(path.with_name("fpga_resources.png"), pairs)
@@ -178,9 +199,18 @@ def write_doc(path: Path, pairs, runs, checks, block_results, board_results, bui
           c.detail] for c in checks]))]
     sections.append(("SD accelerator vs dense baseline", report.comparison_table(pairs)
                      + ([f"", f"![resources]({plot.name})"] if plot else [])))
-    for label, sd, dn in pairs:
-        sections.append((f"Per block: {label} on {sd['device']}", report.blocks_table(sd, dn)))
-    cp_lines = [line for r in runs for line in report.critical_path_lines(r)]
+    if extra_pairs:
+        sections.append(("Presets whose bundled network does not fit: RTL with empty memories",
+                         [f"- preset `{p}`: {e}" for p, e in (build_errors or {}).items()] + [
+                          "", "These runs measure the same RTL without weights, to show the "
+                          "resource gap; they are not results of the with-weights target.", ""]
+                         + report.comparison_table(list(extra_pairs))))
+    for label, sd, dn in [*pairs, *extra_pairs]:
+        if sd.get("blocks") or (dn or {}).get("blocks"):
+            sections.append((f"Per block: {label} on {sd['device']}",
+                             report.blocks_table(sd, dn)))
+    cp_lines = [line for r in [*runs, *(r for _, a, b in extra_pairs for r in (a, b))]
+                for line in report.critical_path_lines(r)]
     sections.append(("Critical paths", cp_lines))
     if block_results:
         rows = [[r["design"], r["device"], r["status"], report.fmt(r.get("fmax_mhz")),

@@ -119,29 +119,55 @@ def run(args: argparse.Namespace) -> int:
     root = Path.cwd().resolve()
     work = args.workdir.resolve()
     start = time.monotonic()
-    pairs, runs, extra_sections = [], [], []
+    pairs, runs, extra_pairs = [], [], []
     bar = tqdm(total=2 * len(plan) + (len(BOARD_PLAN) if args.boards else 0),
                desc="fpga-report", unit="run")
-    builds = {}
+    builds: dict = {}
+    build_errors: dict = {}
+    cache: dict = {}     # synthesis is per family: ECP5 25k and 85k share it
+    from fpga.flow import run_flow
+    from fpga.measure import bare_design, failed_run
+
+    def measure(design, preset_name, dev, kind, label, tag):
+        bar.set_postfix_str(f"{kind} {label} @ {dev}")
+        r = run_flow(design, dev, work / tag / dev / kind, log=tqdm.write, synth_cache=cache)
+        r["preset"], r["kind"], r["label"] = preset_name, kind, label
+        return r
+
     for preset_name, dev in plan:
-        try:
-            builds.setdefault(preset_name, build_for(preset_name, work / "verilog" / preset_name))
-        except TopUnavailable as exc:
-            print(f"smartdeal fpga-report: error: {exc}", file=sys.stderr)
-            return 2
-        pair = []
+        if preset_name not in builds and preset_name not in build_errors:
+            try:
+                builds[preset_name] = build_for(preset_name, work / "verilog" / preset_name)
+            except TopUnavailable as exc:
+                print(f"smartdeal fpga-report: error: {exc}", file=sys.stderr)
+                return 2
+            except ValueError as exc:   # the bundled network does not fit the preset
+                build_errors[preset_name] = str(exc)
+                tqdm.write(f"preset {preset_name}: FAILED to build with the bundled network: {exc}")
+        pair, bare = [], []
         for kind in ("sd", "dense"):
-            bar.set_postfix_str(f"{kind} {preset_name} @ {dev}")
-            from fpga.flow import run_flow
-            r = run_flow(design_of(builds[preset_name], kind), dev,
-                         work / preset_name / dev / kind, log=tqdm.write)
-            r["preset"], r["kind"] = preset_name, kind
+            if preset_name in builds:
+                r = measure(design_of(builds[preset_name], kind), preset_name, dev, kind,
+                            preset_name, preset_name)
+            else:
+                r = failed_run(preset_name, dev, kind, "bundled network does not fit the "
+                               f"preset: {build_errors[preset_name]}")
+                # Resources of the same RTL with empty memories show how far it is from
+                # fitting; reported separately, never as the with-weights result.
+                rb = measure(bare_design(preset_name, kind, work / "bare" / preset_name / kind),
+                             preset_name, dev, kind, f"{preset_name} (memories empty)",
+                             f"{preset_name}_bare")
+                rb = _relative(rb, root)
+                _save(args.reports, rb, f"{preset_name}_{dev}_{kind}_empty")
+                bare.append(rb)
             r = _relative(r, root)
             _save(args.reports, r, f"{preset_name}_{dev}_{kind}")
             runs.append(r)
             pair.append(r)
             bar.update(1)
         pairs.append((preset_name, pair[0], pair[1]))
+        if bare:
+            extra_pairs.append((f"{preset_name} (memories empty)", bare[0], bare[1]))
     block_results = []
     if args.blocks:
         for preset_name, dev in plan[:1]:
@@ -162,7 +188,9 @@ def run(args: argparse.Namespace) -> int:
 
     checks = checks_for(pairs, builds)
     summary = {"plan": [f"{p}@{d}" for p, d in plan], "seconds": round(time.monotonic() - start, 1),
-               "blocks": block_results, "boards": board_results}
+               "blocks": block_results, "boards": board_results,
+               "build_errors": build_errors,
+               "empty_memory_runs": [r for _, a, b in extra_pairs for r in (a, b)]}
     path = report.write_json(args.reports / "summary.json", runs, checks, summary)
     print(f"wrote {path}")
     for c in checks:
@@ -170,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_doc:
         from fpga.measure import write_doc
         doc = write_doc(args.doc, pairs, runs, checks, block_results, board_results, builds,
-                        summary["seconds"])
+                        summary["seconds"], extra_pairs=extra_pairs, build_errors=build_errors)
         print(f"wrote {doc}")
     failed = [r for r in [*runs, *block_results, *board_results] if r["status"] != "ok"]
     for r in failed:

@@ -290,7 +290,7 @@ def write_build(config: SDConfig, out, *, label: str = "custom", formats="all",
 
     def step(name):
         if bar is not None:
-            bar.set_postfix_str(name)
+            bar.set_postfix_str(f"{name} done")
             bar.update(1)
 
     if out.exists():
