@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--doc", type=Path, default=Path("docs/fpga.md"),
                         help="markdown report (default: %(default)s); its plot goes next to it")
     parser.add_argument("--no-doc", action="store_true", help="write only the JSON reports")
+    parser.add_argument("--render-only", action="store_true",
+                        help="run no tool: rewrite the markdown report and plot from "
+                             "<reports>/summary.json of an earlier run")
 
 
 def _plan(args) -> list[tuple[str, str]]:
@@ -100,6 +103,41 @@ def _relative(r: dict, root: Path) -> dict:
     return fix(r)
 
 
+def _pairs(runs: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(label, sd, dense) pairs of a run list, in order."""
+    out = []
+    for r in runs:
+        if r.get("kind") == "sd":
+            dense = next((d for d in runs if d.get("kind") == "dense"
+                          and d.get("preset") == r.get("preset")
+                          and d.get("device") == r.get("device")
+                          and d.get("label") == r.get("label")), None)
+            out.append((r.get("label") or r.get("preset"), r, dense))
+    return out
+
+
+def _render_only(args) -> int:
+    from fpga import report
+    from fpga.measure import write_doc
+
+    path = args.reports / "summary.json"
+    try:
+        data = json.loads(path.read_text())
+        runs = data["runs"]
+        checks = [report.Check(c["name"], c["value"], c["bound"], c["kind"], c.get("detail", ""))
+                  for c in data["checks"]]
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"smartdeal fpga-report: error: cannot read {path}: {exc}; run "
+              f"`smartdeal fpga-report` first", file=sys.stderr)
+        return 2
+    doc = write_doc(args.doc, _pairs(runs), runs, checks, data.get("blocks", []),
+                    data.get("boards", []), {}, data.get("seconds", 0.0),
+                    extra_pairs=_pairs(data.get("empty_memory_runs", [])),
+                    build_errors=data.get("build_errors", {}))
+    print(f"wrote {doc}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -108,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
                               TopUnavailable)
     from fpga.tools import ToolchainError, check_toolchain
 
+    if args.render_only:
+        return _render_only(args)
     try:
         plan = _plan(args)
         for family in sorted({d.split("-")[0] for _, d in plan}):

@@ -106,3 +106,24 @@ def test_command_names_a_missing_toolchain(capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert "yowasp-" in err and "pip install" in err
     assert not list(tmp_path.glob("*.json")), "no report may be written without tools"
+
+
+def test_render_only_rewrites_the_doc_from_a_summary(tmp_path, capsys):
+    runs = [_run(), _run(kind="dense", fmax=130.0),
+            _run(status="failed", device="ice40-up5k", preset="tiny"),
+            _run(status="failed", device="ice40-up5k", preset="tiny", kind="dense")]
+    for r in runs:
+        r["label"] = r["preset"]
+        r["tools"] = {"yosys": "Yosys 0.70"}
+    checks = [report.Check("default preset on ECP5-25k: Fmax after P&R (MHz)", 120.0, 100.0, ">=")]
+    report.write_json(tmp_path / "summary.json", runs, checks, {"seconds": 60.0})
+    doc = tmp_path / "fpga.md"
+    assert cli.main(["fpga-report", "--render-only", "--reports", str(tmp_path),
+                     "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "| default preset on ECP5-25k: Fmax after P&R (MHz) | 120.000 | >= 100.000 | pass |" in text
+    assert "| default | ecp5-25k | ok / ok | 120.0 / 130.0 |" in text
+    assert "| tiny | ice40-up5k | failed / failed | - / - |" in text
+    assert "FAILED: FitError" in text
+    assert (tmp_path / "fpga_resources.png").stat().st_size > 1000
+    assert cli.main(["fpga-report", "--render-only", "--reports", str(tmp_path / "none")]) == 2
