@@ -48,7 +48,7 @@ from fpga.tools import ToolError, ToolchainError, check_toolchain, run_tool
 __all__ = [
     "VerilogDesign", "FitError", "amaranth_design", "module_ports", "synthesize",
     "place_and_route", "parse_stat", "module_totals", "categorise", "parse_pnr_report",
-    "check_fit", "run_flow", "block_of", "block_breakdown", "block_stats", "block_targets",
+    "check_fit", "run_flow", "block_of", "block_stats", "block_targets",
     "verilog_modules", "CATEGORIES",
 ]
 
@@ -388,31 +388,6 @@ def categorise(cells: dict[str, int], family: str) -> dict[str, int]:
             if cell == pattern or (pattern.endswith("*") and cell.startswith(pattern[:-1])):
                 out[cat] += weight * count
                 break
-    return out
-
-
-def block_breakdown(modules: dict[str, dict[str, int]], top: str, family: str,
-                    depth: int = 3) -> dict[str, dict[str, int]]:
-    """Per-block resources of design ``top``: itself, then submodules by path.
-
-    Amaranth names the module of submodule ``a.b`` of top ``T`` ``T.a.b``; blocks down to
-    ``depth`` levels are listed with their inclusive counts, ``(top logic)`` holds what
-    ``T`` itself contains outside submodules (the memories Amaranth inlines, glue).
-    """
-    out = {"(total)": categorise(module_totals(modules, top), family),
-           "(top logic)": categorise({c: n for c, n in modules[top].items()
-                                      if c not in modules}, family)}
-    prefix = top + "."
-    for name in sorted(modules):
-        if name.startswith(prefix):
-            path = name[len(prefix):]
-            if path.count(".") < depth:
-                out[path] = categorise(module_totals(modules, name), family)
-    # Modules instantiated by type (hand-written Verilog) rather than by Amaranth path.
-    for cell, count in modules[top].items():
-        if cell in modules and not cell.startswith(prefix):
-            res = categorise(module_totals(modules, cell), family)
-            out[cell if count == 1 else f"{cell} (x{count})"] = {k: v * count for k, v in res.items()}
     return out
 
 

@@ -171,6 +171,32 @@ def checks_for(pairs, builds) -> list[report.Check]:
     return checks
 
 
+#: Static part of docs/fpga.md: commands and where things are.
+USAGE = [
+    "- `make fpga-report` (= `smartdeal fpga-report`): this page, `fpga/reports/*.json` "
+    "(one per run, plus `summary.json`) and `docs/fpga_resources.png`. Options: `--quick`, "
+    "`--preset`, `--device`, `--blocks` (each block alone), `--boards` (board wrappers with "
+    "pin constraints and bitstreams), `--render-only` (rewrite this page from "
+    "`summary.json`). Scratch files and logs go to `build/fpga/`.",
+    "- `make verilog PRESET=default` (= `smartdeal verilog --config default --out "
+    "build/verilog/default`): the build folder users take into their tools: `rtl/sd_accel.v` "
+    "(top `sd_accel`), `rtl/sd_dense_accel.v` (top `sd_dense_accel`), `rtl/sd_ram.v`, the "
+    "bundled network's images in `mem/` (SD) and `mem_dense/` (dense) in every format, "
+    "`manifest.json`, `README.md` (ports, clock/reset, registers, loading weights), "
+    "`vivado/build.tcl`, `quartus/build.tcl` (and `build_dense.tcl`), FuseSoC cores "
+    "`sd_<preset>.core`.",
+    "- Open-source flow API: `fpga.flow.run_flow(design, device, workdir)` with a "
+    "`VerilogDesign` (or `amaranth_design(component, top, dir)`); devices in "
+    "`fpga/devices.py` (`ecp5-25k`, `ecp5-85k`, `ice40-up5k`, `ice40-hx8k`).",
+    "- Boards (`fpga/board.py`, constraints in `fpga/boards/`): ULX3S 85F "
+    "(`ulx3s.lpf`, 25 MHz, FT231X serial on M1/L4) and iCEBreaker (`icebreaker.pcf`, 12 MHz, "
+    "serial on pins 6/9). The host reaches the accelerator's AXI4-Lite registers and "
+    "AXI4-Stream ports through the UART bridge (`fpga/bridge.py`, protocol table there; host "
+    "client `fpga.protocol.BridgeClient` over pyserial, 115200 baud). Bitstreams "
+    "(`build/fpga/boards/<board>/pnr/design.bit|.bin`) load with openFPGALoader / iceprog.",
+]
+
+
 def write_doc(path: Path, pairs, runs, checks, block_results, board_results, builds,
               seconds: float, extra_pairs=(), build_errors=None) -> Path:
     """``docs/fpga.md`` and its plot from one report run."""
@@ -232,6 +258,7 @@ def write_doc(path: Path, pairs, runs, checks, block_results, board_results, bui
         sections.append(("Board wrappers (UART bridge, pin constraints)", report._table(
             ["board", "device", "preset", "status", "Fmax MHz", "board clock MHz", "LUT",
              "BRAM", "DSP", "bitstream"], rows)))
+    sections.append(("How to reproduce and use", USAGE))
     text = report.markdown("FPGA results", intro, sections)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
