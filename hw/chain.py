@@ -10,7 +10,7 @@ memory written before the run and read with the group of the current weight row.
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed
+from amaranth import Module, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 

@@ -14,7 +14,7 @@ and, if ``last``, emits the requantized value of ``docs/format.md``::
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -92,7 +92,6 @@ class MacLanes(wiring.Component):
         acc_shape = signed(cfg.acc_bits)
         sum_shape = signed(cfg.acc_bits + 1)
         prod_shape = signed(cfg.acc_bits + 1 + cfg.mult_bits + 1)
-        lq = lane_quant_layout(cfg)
         m = Module()
 
         m.submodules.acc_mem = acc_mem = memory.Memory(

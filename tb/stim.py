@@ -9,14 +9,16 @@ outputs always come from ``golden/`` (`SDWeight.rebuilt_int`, `golden.pack`,
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
 from golden.sdweight import SDWeight
 from hw.config import SDConfig
 
-__all__ = ["random_sdweight", "rows_of", "basis_word", "basis_loads", "expected_weight_rows",
-           "weight_row_dicts", "random_quant", "mac_ops_for_rows", "bits_to_list"]
+__all__ = ["random_sdweight", "row_dict", "rows_of", "basis_loads", "expected_weight_rows", "random_quant",
+           "mac_ops_for_rows", "RTL_CONFIGS", "digits_qnet", "layer_inputs"]
 
 
 def random_sdweight(config: SDConfig, out_channels: int, n_rows: int, *, density: float = 0.7,
@@ -54,69 +56,34 @@ def random_sdweight(config: SDConfig, out_channels: int, n_rows: int, *, density
                     row_keep=row_keep, name=f"random{seed}")
 
 
+def row_dict(d) -> dict:
+    """A golden `golden.pack.DecodedRow` as the `decoded_row_layout` payload dict."""
+    return {"row": d.row, "block": d.block, "group": d.group, "new_block": int(d.new_block),
+            "first": int(d.first), "last": int(d.last), "empty": int(d.empty),
+            "mask": list(d.mask), "sign": list(d.sign), "shift": [list(x) for x in d.shift]}
+
+
 def rows_of(sdw: SDWeight) -> list[dict]:
-    """The decoded rows of ``sdw`` in stream order (the basis array's input).
+    """The decoded rows of ``sdw`` in stream order (the basis array's input), as the
+    golden unpacker decodes its packed Ce stream."""
+    from golden.pack import decode_ce_stream, pack_ce
 
-    Built from the SD fields: per group its kept rows, or one ``empty`` row.
-    """
-    cfg = sdw.config
-    S, T, L = cfg.basis_size, cfg.terms, cfg.lanes
-    n = S * T
-    mask = sdw.mask.reshape(sdw.out_channels, sdw.rows, n).numpy()
-    sign = sdw.sign.reshape(sdw.out_channels, sdw.rows, n).numpy()
-    shift = sdw.shift_codes().reshape(sdw.out_channels, sdw.rows, n).numpy()
-    weights = 1 << np.arange(n)
-    out = []
-    for g in range(sdw.n_groups):
-        kept = np.flatnonzero(sdw.row_keep[g].numpy())
-        if kept.size == 0:
-            out.append(dict(row=0, block=0, group=g, new_block=1, first=1, last=1, empty=1,
-                            mask=[0] * L, sign=[0] * L, shift=[[0] * n for _ in range(L)]))
-            continue
-        prev_block = None
-        for k, r in enumerate(kept):
-            block = int(r) // cfg.block_rows
-            row = dict(row=int(r), block=block, group=g,
-                       new_block=int(k == 0 or block != prev_block), first=int(k == 0),
-                       last=int(k == kept.size - 1), empty=0, mask=[], sign=[], shift=[])
-            for l in range(L):
-                o = g * L + l
-                if o < sdw.out_channels:
-                    row["mask"].append(int(mask[o, r] @ weights))
-                    row["sign"].append(int(sign[o, r] @ weights))
-                    row["shift"].append([int(v) for v in shift[o, r]])
-                else:
-                    row["mask"].append(0)
-                    row["sign"].append(0)
-                    row["shift"].append([0] * n)
-            out.append(row)
-            prev_block = block
-    return out
-
-
-def basis_word(config: SDConfig, b) -> int:
-    """Basis memory word of one ``S x S`` basis (``docs/format.md``)."""
-    b = np.asarray(b, dtype=np.int64).reshape(-1)
-    mask = (1 << config.basis_bits) - 1
-    word = 0
-    for k, v in enumerate(b.tolist()):
-        word |= (int(v) & mask) << (k * config.basis_bits)
-    return word
+    return [row_dict(d) for d in decode_ce_stream(pack_ce(sdw), sdw.config, sdw.n_groups,
+                                                   sdw.rows)]
 
 
 def basis_loads(sdw: SDWeight, rows: list[dict]) -> list[dict]:
-    """Basis words in the order the basis array swaps banks: ``lanes`` per ``new_block``."""
+    """Basis words (`golden.pack.pack_basis`) in the order the basis array swaps banks:
+    the ``lanes`` words of ``(group, block)`` for every ``new_block`` row."""
+    from golden.pack import pack_basis
+
     cfg = sdw.config
-    basis = sdw.basis.numpy()
-    zero = np.zeros((cfg.basis_size, cfg.basis_size), dtype=np.int64)
+    words = pack_basis(sdw)
     loads = []
     for row in rows:
-        if not row["new_block"]:
-            continue
-        for l in range(cfg.lanes):
-            o = row["group"] * cfg.lanes + l
-            b = basis[o, row["block"]] if o < sdw.out_channels else zero
-            loads.append({"lane": l, "data": basis_word(cfg, b)})
+        if row["new_block"]:
+            base = (row["group"] * sdw.n_blocks + row["block"]) * cfg.lanes
+            loads += [{"lane": l, "data": words[base + l]} for l in range(cfg.lanes)]
     return loads
 
 
@@ -136,12 +103,6 @@ def expected_weight_rows(sdw: SDWeight, rows: list[dict]) -> list[dict]:
         out.append({**{k: row[k] for k in ("row", "block", "group", "new_block", "first",
                                            "last", "empty")}, "weights": lanes})
     return out
-
-
-def weight_row_dicts(rows: list[dict], tag_rows: list[dict]) -> list[dict]:
-    """Attach the tag fields of ``tag_rows`` to weight lists ``rows[k]`` (lanes x S)."""
-    return [{**{k: t[k] for k in ("row", "block", "group", "new_block", "first", "last",
-                                  "empty")}, "weights": w} for w, t in zip(rows, tag_rows)]
 
 
 def random_quant(config: SDConfig, rng: np.random.Generator, n: int, *, acc_scale: int):
@@ -179,11 +140,6 @@ def mac_ops_for_rows(weights, first, last, acts) -> list[dict]:
     return ops
 
 
-def bits_to_list(value: int, count: int) -> list[int]:
-    """The ``count`` low bits of ``value`` as a list of 0/1 (LSB first)."""
-    return [(value >> k) & 1 for k in range(count)]
-
-
 #: Configurations of the RTL regression (each block module builds each one once):
 #: S = 3 with 8 lanes (one word per record), S = 3 with one lane and 10-bit words (two
 #: words per record, 4 padding bits, 3 exponent levels, 6-bit basis), S = 4 with 2 lanes,
@@ -203,8 +159,9 @@ RTL_CONFIGS: dict[str, SDConfig] = {
 }
 
 
+@lru_cache(maxsize=1)
 def digits_qnet(n_calib: int = 256):
-    """The bundled digits network as a `QNet`, and its data split.
+    """The bundled digits network as a `QNet`, and its data split (cached per process).
 
     Loads the shipped SD checkpoint (`golden.models.load_checkpoint`) and quantizes it
     with ``n_calib`` training images (`golden.qnet.build_qnet`).  Returns
@@ -225,3 +182,21 @@ def layer_inputs(qnet, x_int) -> list:
 
     outs = run_int(qnet, x_int, return_all=True)
     return [x_int] + outs[:-1]
+
+
+def run_block(factory, config: SDConfig, *, test_module: str, name: str, **kwargs):
+    """`tb.harness.run_cocotb` with only the top module's ports visible to cocotb.
+
+    cocotb's runner builds with ``--public-flat-rw`` (every internal signal public); the
+    block tests touch only top-level ports, and keeping the rest private makes the
+    Verilator model several times faster to compile.
+    """
+    from tb.harness import SIM_ROOT, run_cocotb
+
+    SIM_ROOT.mkdir(parents=True, exist_ok=True)
+    vlt = SIM_ROOT / f"{name}.public.vlt"
+    text = f'`verilator_config\npublic_flat_rw -module "{name}" -var "*"\n'
+    if not vlt.is_file() or vlt.read_text() != text:
+        vlt.write_text(text)
+    return run_cocotb(factory, config, test_module=test_module, name=name, toplevel=name,
+                      verilog_sources=[vlt], build_args=["--no-public-flat-rw"], **kwargs)

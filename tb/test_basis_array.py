@@ -14,13 +14,12 @@ import itertools
 
 import cocotb
 import pytest
-import torch
 
 from hw.basis_array import BasisArray
 from hw.layouts import basis_word_layout, decoded_row_layout, weights_row_layout
 from tb.common import ClockReset, Scoreboard, StreamDriver, StreamSink, random_stalls
-from tb.harness import config_from_env, run_cocotb
-from tb.stim import (RTL_CONFIGS, basis_loads, expected_weight_rows, random_sdweight,
+from tb.harness import config_from_env
+from tb.stim import (RTL_CONFIGS, basis_loads, expected_weight_rows, random_sdweight, run_block,
                      rows_of)
 
 
@@ -158,4 +157,5 @@ async def basis_array_steady_state(dut):
 @pytest.mark.sim
 @pytest.mark.parametrize("config_name", list(RTL_CONFIGS))
 def test_basis_array_rtl(config_name):
-    run_cocotb(BasisArray, RTL_CONFIGS[config_name], test_module=__name__, timeout_s=400)
+    run_block(BasisArray, RTL_CONFIGS[config_name], test_module=__name__, name="basis_array",
+              timeout_s=400)

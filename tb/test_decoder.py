@@ -28,17 +28,10 @@ from golden.pack import CeStreamError, decode_ce_stream, pack_ce
 from hw.decoder import SparseDecoder
 from hw.layouts import DecodeError, ce_word_layout, decoded_row_layout
 from tb.common import ClockReset, Scoreboard, StreamDriver, StreamSink, random_stalls
-from tb.harness import config_from_env, run_cocotb
-from tb.stim import RTL_CONFIGS, random_sdweight
+from tb.harness import config_from_env
+from tb.stim import RTL_CONFIGS, random_sdweight, row_dict, run_block
 
 FUZZ_CASES = 2500
-
-
-def row_dict(d) -> dict:
-    """A golden `DecodedRow` as the `decoded_row_layout` payload dict."""
-    return {"row": d.row, "block": d.block, "group": d.group, "new_block": int(d.new_block),
-            "first": int(d.first), "last": int(d.last), "empty": int(d.empty),
-            "mask": list(d.mask), "sign": list(d.sign), "shift": [list(s) for s in d.shift]}
 
 
 def golden(words, flags, cfg, n_groups, n_rows):
@@ -319,4 +312,5 @@ async def decoder_steady_state(dut):
 @pytest.mark.sim
 @pytest.mark.parametrize("config_name", list(RTL_CONFIGS))
 def test_decoder_rtl(config_name):
-    run_cocotb(SparseDecoder, RTL_CONFIGS[config_name], test_module=__name__, timeout_s=500)
+    run_block(SparseDecoder, RTL_CONFIGS[config_name], test_module=__name__,
+              name="sparse_decoder", timeout_s=500)

@@ -21,8 +21,8 @@ from golden.reference import requantize
 from hw.layouts import mac_op_layout, quant_layout, results_layout
 from hw.mac import MacLanes
 from tb.common import ClockReset, Scoreboard, StreamDriver, StreamSink, pack, random_stalls
-from tb.harness import config_from_env, run_cocotb
-from tb.stim import RTL_CONFIGS, mac_ops_for_rows, random_quant
+from tb.harness import config_from_env
+from tb.stim import RTL_CONFIGS, mac_ops_for_rows, random_quant, run_block
 
 
 class MacTB:
@@ -177,4 +177,5 @@ async def mac_steady_state_same_address(dut):
 @pytest.mark.sim
 @pytest.mark.parametrize("config_name", list(RTL_CONFIGS))
 def test_mac_rtl(config_name):
-    run_cocotb(MacLanes, RTL_CONFIGS[config_name], test_module=__name__, timeout_s=400)
+    run_block(MacLanes, RTL_CONFIGS[config_name], test_module=__name__, name="mac_lanes",
+              timeout_s=400)

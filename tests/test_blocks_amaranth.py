@@ -22,12 +22,11 @@ from hw.basis_array import BasisArray
 from hw.config import SDConfig
 from hw.decoder import SparseDecoder, _reciprocal, const_div
 from hw.dense import DenseRowReader
-from hw.layouts import (DecodeError, basis_word_layout, decoded_row_layout, mac_op_layout,
-                        results_layout, weights_row_layout)
+from hw.layouts import DecodeError, decoded_row_layout, results_layout, weights_row_layout
 from hw.mac import MacLanes
 from tb.common import unpack
 from tb.stim import (basis_loads, expected_weight_rows, mac_ops_for_rows, random_quant,
-                     random_sdweight, rows_of)
+                     random_sdweight, row_dict, rows_of)
 
 #: Small configurations: S = 3 / 4 / 5, 1 to 3 lanes, one and two terms, different
 #: exponent ranges and basis widths; short blocks so that bank swaps happen mid-group.
@@ -229,12 +228,6 @@ def test_mac_lanes_back_to_back_same_address_full_rate():
 
 
 # ------------------------------------------------------------------ decoder
-def _row_dict(d) -> dict:
-    return {"row": d.row, "block": d.block, "group": d.group, "new_block": int(d.new_block),
-            "first": int(d.first), "last": int(d.last), "empty": int(d.empty),
-            "mask": list(d.mask), "sign": list(d.sign), "shift": [list(x) for x in d.shift]}
-
-
 def _run_decoder(cfg, words, flags, n_groups, n_rows, stall, seed):
     """Feed one stream; returns (rows, error, error_code, busy) after it settles."""
     dut = SparseDecoder(cfg)
@@ -268,7 +261,7 @@ def test_decoder_matches_golden_unpacker(name, stall):
     sdw = random_sdweight(cfg, out_channels=2 * cfg.lanes + 1, n_rows=9, seed=3)
     words = pack_ce(sdw)
     flags = [k == len(words) - 1 for k in range(len(words))]
-    expected = [_row_dict(d) for d in decode_ce_stream(words, cfg, sdw.n_groups, sdw.rows)]
+    expected = [row_dict(d) for d in decode_ce_stream(words, cfg, sdw.n_groups, sdw.rows)]
     got, status = _run_decoder(cfg, words, flags, sdw.n_groups, sdw.rows, stall, 1)
     assert got == expected, _first_diff(got, expected)
     assert status == {"error": 0, "code": 0, "busy": 0}
