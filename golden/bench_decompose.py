@@ -1,7 +1,7 @@
 """Speed, memory and equivalence measurements of the batched decomposition.
 
 Functions return plain dicts (the ``smartdeal bench`` decompose section calls them);
-``python -m golden.bench_decompose [--quick] [--threads N]`` prints them.
+``python -m golden.bench_decompose [--quick] [--workers N]`` prints them.
 
 * `bench_shape`: seconds per weight of `golden.decompose.decompose` on a random
   (Kaiming-normal) weight, next to the per-block loop `decompose_reference_loop` of the
@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from golden.decompose import decompose, decompose_reference_loop
+from golden.decompose import default_workers, decompose, decompose_reference_loop
 from hw.config import load_config
 
 __all__ = ["RESNET18_SHAPES", "compare_codes", "bench_shape", "bench_resnet18", "run_all"]
@@ -73,7 +73,7 @@ def _timed(fn, *args, **kwargs):
 
 
 def bench_shape(shape, *, config=None, seed: int = 0, loop_filters: int = 32,
-                repeats: int = 3, threads: int | None = None) -> dict:
+                repeats: int = 3, workers: int = 0) -> dict:
     """Batched vs per-block-loop decomposition of one random weight.
 
     Parameters
@@ -85,74 +85,82 @@ def bench_shape(shape, *, config=None, seed: int = 0, loop_filters: int = 32,
         result of the same filters).
     repeats : int
         The batched timing is the best of this many runs.
-    threads : int or None
-        ``torch.set_num_threads`` during the measurement (None: leave as is).
+    workers : int
+        Chunk worker threads of the batched decomposition (0: one per core); the loop
+        reference always runs one block at a time on one thread.
 
     Returns
     -------
     dict
         ``batched_us_per_weight``, ``loop_us_per_weight``, ``speedup`` (wall clock),
         their CPU-time twins, the equivalence figures of `compare_codes`, ``rel_error``,
-        ``mean_iterations``, ``threads``.
+        ``mean_iterations``, ``workers``.
     """
     cfg = load_config(config)
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    w = _weight(tuple(shape), seed)
+    n = w.numel()
+    decompose(w[:8], cfg)                                # warm-up (allocator, kernels)
+    best = best_cpu = math.inf
+    for _ in range(max(1, repeats)):
+        sdw, wall, cpu = _timed(decompose, w, cfg, name=str(tuple(shape)), workers=workers)
+        best, best_cpu = min(best, wall), min(best_cpu, cpu)
+    k = max(1, min(loop_filters, w.shape[0]))
+    ref, lwall, lcpu = _timed(decompose_reference_loop, w[:k], cfg, name="loop")
+    part = decompose(w[:k], cfg, name="batched")
+    nk = w[:k].numel()
+    out = {
+        "shape": list(shape), "weights": n, "workers": default_workers(workers),
+        "threads": default_workers(workers),         # threads the batched run used
+        "batched_seconds": best, "batched_us_per_weight": best / n * 1e6,
+        "batched_cpu_us_per_weight": best_cpu / n * 1e6,
+        "loop_filters": k, "loop_seconds": lwall,
+        "loop_us_per_weight": lwall / nk * 1e6, "loop_cpu_us_per_weight": lcpu / nk * 1e6,
+        "rel_error": sdw.extra["rel_error"], "mean_iterations": sdw.extra["mean_iterations"],
+        "bits_per_weight": sdw.storage_bits().bits_per_weight,
+    }
+    out["speedup"] = out["loop_us_per_weight"] / out["batched_us_per_weight"]
+    out["speedup_cpu"] = out["loop_cpu_us_per_weight"] / out["batched_cpu_us_per_weight"]
+    out["equivalence"] = compare_codes(part, ref)
+    return out
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set of this process: ``VmHWM`` (Linux; reset by exec, unlike
+    ``ru_maxrss``, which a fork child inherits from its parent), else ``ru_maxrss``."""
     try:
-        w = _weight(tuple(shape), seed)
-        n = w.numel()
-        decompose(w[:8], cfg)                            # warm-up (allocator, kernels)
-        best = best_cpu = math.inf
-        for _ in range(max(1, repeats)):
-            sdw, wall, cpu = _timed(decompose, w, cfg, name=str(tuple(shape)))
-            best, best_cpu = min(best, wall), min(best_cpu, cpu)
-        k = max(1, min(loop_filters, w.shape[0]))
-        ref, lwall, lcpu = _timed(decompose_reference_loop, w[:k], cfg, name="loop")
-        part = decompose(w[:k], cfg, name="batched")
-        nk = w[:k].numel()
-        out = {
-            "shape": list(shape), "weights": n, "threads": torch.get_num_threads(),
-            "batched_seconds": best, "batched_us_per_weight": best / n * 1e6,
-            "batched_cpu_us_per_weight": best_cpu / n * 1e6,
-            "loop_filters": k, "loop_seconds": lwall,
-            "loop_us_per_weight": lwall / nk * 1e6, "loop_cpu_us_per_weight": lcpu / nk * 1e6,
-            "rel_error": sdw.extra["rel_error"], "mean_iterations": sdw.extra["mean_iterations"],
-            "bits_per_weight": sdw.storage_bits().bits_per_weight,
-        }
-        out["speedup"] = out["loop_us_per_weight"] / out["batched_us_per_weight"]
-        out["speedup_cpu"] = out["loop_cpu_us_per_weight"] / out["batched_cpu_us_per_weight"]
-        out["equivalence"] = compare_codes(part, ref)
-        return out
-    finally:
-        torch.set_num_threads(old_threads)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def _resnet18_child(config: str | None, seed: int, threads: int | None) -> dict:
+def _resnet18_child(config: str | None, seed: int, workers: int) -> dict:
     """Body of the child process of `bench_resnet18`."""
-    if threads:
-        torch.set_num_threads(threads)
     cfg = load_config(config)
-    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _peak_rss_bytes()
     total = sum(math.prod(s) for s in RESNET18_SHAPES)
     seconds = cpu = 0.0
     errors = []
     for i, shape in enumerate(RESNET18_SHAPES):
         w = _weight(shape, seed + i)
-        sdw, wall, c = _timed(decompose, w, cfg, name=f"layer{i}")
+        sdw, wall, c = _timed(decompose, w, cfg, name=f"layer{i}", workers=workers)
         seconds += wall
         cpu += c
         errors.append(sdw.extra["rel_error"])
         del w, sdw
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_rss_bytes()
     return {"weights": total, "layers": len(RESNET18_SHAPES), "seconds": seconds,
             "cpu_seconds": cpu, "us_per_weight": seconds / total * 1e6,
-            "peak_gb": peak_kb * 1024 / 1e9, "baseline_gb": base_kb * 1024 / 1e9,
+            "peak_gb": peak / 1e9, "baseline_gb": base / 1e9,
             "mean_rel_error": sum(errors) / len(errors),
-            "threads": torch.get_num_threads()}
+            "workers": default_workers(workers)}
 
 
-def bench_resnet18(*, config=None, seed: int = 0, threads: int | None = None) -> dict:
+def bench_resnet18(*, config=None, seed: int = 0, workers: int = 0) -> dict:
     """Decompose all ResNet-18-shaped weights in a fresh process; time and peak memory.
 
     ``seconds`` is the decomposition time only (weights are generated untimed);
@@ -163,8 +171,7 @@ def bench_resnet18(*, config=None, seed: int = 0, threads: int | None = None) ->
            "--seed", str(seed)]
     if config is not None:
         cmd += ["--config", str(config)]
-    if threads:
-        cmd += ["--threads", str(threads)]
+    cmd += ["--workers", str(workers)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"ResNet-18 decomposition child failed ({proc.returncode}):\n"
@@ -172,19 +179,19 @@ def bench_resnet18(*, config=None, seed: int = 0, threads: int | None = None) ->
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_all(*, quick: bool = False, threads: int | None = None, config=None,
+def run_all(*, quick: bool = False, workers: int = 0, config=None,
             seed: int = 0) -> dict:
     """The issue's measurements: 512x512x3x3 conv, 4096x4096 FC, ResNet-18 set."""
     reps = 1 if quick else 3
     lf = 8 if quick else 32
     out = {
         "conv": bench_shape((512, 512, 3, 3), config=config, seed=seed, loop_filters=lf,
-                            repeats=reps, threads=threads),
+                            repeats=reps, workers=workers),
         "fc": bench_shape((4096, 4096), config=config, seed=seed + 1, loop_filters=lf // 2,
-                          repeats=reps, threads=threads),
+                          repeats=reps, workers=workers),
     }
     if not quick:
-        out["resnet18"] = bench_resnet18(config=config, seed=seed, threads=threads)
+        out["resnet18"] = bench_resnet18(config=config, seed=seed, workers=workers)
     return out
 
 
@@ -192,16 +199,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m golden.bench_decompose",
                                 description="Measure the batched SD decomposition.")
     p.add_argument("--quick", action="store_true", help="fewer repeats, no ResNet-18 run")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="chunk worker threads (default 0: one per core)")
     p.add_argument("--config", default=None, help="preset name or JSON (default: default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--resnet18-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.resnet18_child:
-        print(json.dumps(_resnet18_child(args.config, args.seed, args.threads)))
+        print(json.dumps(_resnet18_child(args.config, args.seed, args.workers)))
         return 0
-    res = run_all(quick=args.quick, threads=args.threads, config=args.config, seed=args.seed)
+    res = run_all(quick=args.quick, workers=args.workers, config=args.config, seed=args.seed)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -212,7 +220,7 @@ def main(argv=None) -> int:
               f"us/w (cpu {r['batched_cpu_us_per_weight']:.3f})  loop "
               f"{r['loop_us_per_weight']:.3f} us/w  speedup {r['speedup']:.1f}x "
               f"(cpu {r['speedup_cpu']:.1f}x)  codes equal {eq['code_agreement']:.5f}  "
-              f"rel.err {r['rel_error']:.4f}  threads {r['threads']}")
+              f"rel.err {r['rel_error']:.4f}  workers {r['workers']}")
     if "resnet18" in res:
         r = res["resnet18"]
         print(f"resnet18 {r['weights'] / 1e6:.2f} M weights: {r['seconds']:.1f} s "

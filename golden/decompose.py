@@ -34,6 +34,9 @@ count with zero rows needs no mask.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -44,7 +47,7 @@ from golden.sparsity import CRITERIA, group_of_filters, group_rows_any, prune_ro
 from hw.config import SDConfig, load_config
 
 __all__ = ["DecomposeOptions", "decompose", "decompose_reference_loop", "check_weight",
-           "relative_error", "solve_blocks", "solve_block_loop"]
+           "relative_error", "solve_blocks", "solve_block_loop", "default_workers"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,13 @@ class DecomposeOptions:
     chunk_weights : int
         Blocks are processed in chunks of about this many weights (bounds memory and
         keeps the working set in cache).
+    workers : int
+        Threads solving chunks concurrently (0: one per available core, at most 4).
+        torch's intra-op parallelism is set to 1 meanwhile (and restored): the
+        operations on one chunk are too small to amortise OpenMP barriers, which also
+        stall badly when other processes share the cores, while independent chunks
+        run in parallel without synchronising (torch releases the GIL in kernels).
+        Results do not depend on it.
     """
 
     iterations: int = 30
@@ -91,6 +101,7 @@ class DecomposeOptions:
     row_keep: torch.Tensor | None = field(default=None, compare=False)
     dtype: torch.dtype = torch.float32
     chunk_weights: int = 1 << 19
+    workers: int = 0
 
     def __post_init__(self):
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) \
@@ -111,6 +122,9 @@ class DecomposeOptions:
         if isinstance(self.chunk_weights, bool) or not isinstance(self.chunk_weights, int) \
                 or self.chunk_weights < 1:
             raise ValueError(f"chunk_weights must be an int >= 1, got {self.chunk_weights!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) \
+                or self.workers < 0:
+            raise ValueError(f"workers must be an int >= 0, got {self.workers!r}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -214,13 +228,30 @@ def _row_threshold_t(cet: torch.Tensor, threshold: float) -> torch.Tensor:
     return cet.masked_fill(l1 < 5.0 * threshold, 0.0)
 
 
+def _alpha(amax: torch.Tensor, top: int) -> torch.Tensor:
+    """float64 normalisation factors ``2**top / max|A|`` (1 for an all-zero block)."""
+    amax = amax.to(torch.float64)
+    return torch.where(amax > 0, 2.0 ** top / torch.where(amax > 0, amax, 1.0),
+                       torch.ones_like(amax))
+
+
 def _normalise(a: torch.Tensor, top: int, dtype: torch.dtype):
-    """Scale every block so its largest magnitude is ``2**top``; float64 ``alpha``."""
-    # float64: 2**top / max|A| can overflow float32 for tiny (subnormal) weights.
-    amax = a.abs().flatten(1).amax(1).to(torch.float64)
-    alpha = torch.where(amax > 0, 2.0 ** top / torch.where(amax > 0, amax, 1.0),
-                        torch.ones_like(amax))
-    return (a.to(torch.float64) * alpha[:, None, None]).to(dtype), alpha
+    """Scale every block so its largest magnitude is ``2**top``.
+
+    ``a`` is ``(nb, S, m)`` (a transposed view is fine); returns a contiguous ``dtype``
+    copy and the float64 ``alpha``.  The product is taken in ``dtype`` with ``alpha``
+    rounded to ``dtype`` (one pass); blocks whose ``alpha`` overflows ``dtype`` (all
+    weights subnormal) are scaled in float64 instead.  `solve_block_loop` does the same.
+    """
+    alpha = _alpha(a.abs().amax(dim=(1, 2)), top)
+    scale = alpha.to(dtype)
+    out = torch.empty(a.shape, dtype=dtype)
+    torch.mul(a.to(dtype), scale[:, None, None], out=out)
+    bad = ~torch.isfinite(scale)
+    if bool(bad.any()):
+        idx = bad.nonzero().squeeze(1)
+        out[idx] = (a[idx].to(torch.float64) * alpha[idx, None, None]).to(dtype)
+    return out, alpha
 
 
 def solve_blocks(blocks: torch.Tensor, exp_min: int, top: int, terms: int,
@@ -244,10 +275,9 @@ def solve_blocks(blocks: torch.Tensor, exp_min: int, top: int, terms: int,
     dtype = opts.dtype
     # Work on transposed blocks (nb, S, m): every product then streams contiguous rows.
     a, alpha = _normalise(blocks.transpose(1, 2), top, dtype)
-    a = a.contiguous()
     nb = a.shape[0]
     thr, tol, ridge = opts.threshold, opts.tolerance, opts.ridge
-    ce_out = a.clone()
+    ce_out = a.clone() if opts.iterations == 0 else torch.empty_like(a)
     iters = torch.full((nb,), opts.iterations, dtype=torch.int64)
     act = torch.arange(nb)              # blocks still iterating, indices into ce_out
     a_w, ce_w, prev = a, a, None
@@ -288,9 +318,13 @@ def solve_block_loop(block: torch.Tensor, exp_min: int, top: int, terms: int,
     at which the block stopped.
     """
     dtype = opts.dtype
-    amax = float(block.abs().max())
-    alpha = 2.0 ** top / amax if amax > 0 else 1.0
-    a = (block.to(torch.float64) * alpha).to(dtype)
+    alpha64 = _alpha(block.abs().max(), top)
+    alpha = float(alpha64)
+    scale = alpha64.to(dtype)
+    if torch.isfinite(scale):
+        a = block.to(dtype) * scale
+    else:                                        # subnormal block: see _normalise
+        a = (block.to(torch.float64) * alpha).to(dtype)
     s = a.shape[1]
     eye = torch.eye(s, dtype=torch.float64)
     ce, prev, iters = a.clone(), None, opts.iterations
@@ -380,9 +414,9 @@ class _Result:
 
 def _finish_chunk(res: _Result, f0: int, cqt: torch.Tensor, basis: torch.Tensor,
                   iters: torch.Tensor, chunk: torch.Tensor, cfg: SDConfig,
-                  n_blocks: int, fan_in: int) -> None:
-    """Quantise the basis of filters ``f0...`` (one scale per filter), store codes,
-    and accumulate the squared reconstruction error of the kept rows."""
+                  n_blocks: int, fan_in: int) -> float:
+    """Quantise the basis of filters ``f0...`` (one scale per filter), store codes;
+    return the squared reconstruction error of the chunk's kept rows."""
     s = cfg.basis_size
     nb, _, m = cqt.shape
     f = nb // n_blocks
@@ -407,7 +441,6 @@ def _finish_chunk(res: _Result, f0: int, cqt: torch.Tensor, basis: torch.Tensor,
     if pad:
         last = what_t.view(f, n_blocks, s, m)[:, -1, s - pad:, (r - 1) - (n_blocks - 1) * m]
         err2 -= float(torch.sum(last * last, dtype=torch.float64))
-    res.err2 += err2
     cq = cqt.transpose(1, 2).reshape(f, n_blocks * m, s)[:, :r]
     terms = res.mask.shape[-1]
     parts = [cq] if terms == 1 else [pow2_round(cq.contiguous(), cfg.exp_min, cfg.exp_max)]
@@ -418,6 +451,29 @@ def _finish_chunk(res: _Result, f0: int, cqt: torch.Tensor, basis: torch.Tensor,
         res.mask[f0:f0 + f, :, :, t] = mask
         res.sign[f0:f0 + f, :, :, t] = sign
         res.exponent[f0:f0 + f, :, :, t] = exponent
+    return err2
+
+
+def default_workers(requested: int) -> int:
+    """Worker threads over chunks: ``requested``, or (0) one per available core, max 4."""
+    if requested > 0:
+        return requested
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+@contextmanager
+def _intra_op_threads(n: int):
+    """Temporarily set torch's intra-op thread count."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _run(weight, config, name, options, solver) -> SDWeight:
@@ -443,13 +499,27 @@ def _run(weight, config, name, options, solver) -> SDWeight:
     # Chunks of whole filters (the basis scale spans all blocks of a filter), each of
     # many blocks: bounded memory, cache-sized working set.
     filters = max(1, opts.chunk_weights // (n_blocks * m * s))
-    with torch.no_grad():
-        for f0 in range(0, cout, filters):
-            f1 = min(cout, f0 + filters)
-            chunk = blocks[f0 * n_blocks:f1 * n_blocks]
+    starts = list(range(0, cout, filters))
+    fan_in = math.prod(w.shape[1:])
+
+    def work(f0: int) -> float:
+        """Solve and finish one chunk; writes disjoint slices of ``res``."""
+        with torch.no_grad():
+            chunk = blocks[f0 * n_blocks:min(cout, f0 + filters) * n_blocks]
             cqt, basis, iters = solver(chunk, cfg.exp_min, top, cfg.terms, opts)
-            _finish_chunk(res, f0, cqt, basis, iters, chunk, cfg, n_blocks,
-                          math.prod(w.shape[1:]))
+            return _finish_chunk(res, f0, cqt, basis, iters, chunk, cfg, n_blocks, fan_in)
+
+    workers = min(default_workers(opts.workers), len(starts))
+    # Intra-op parallelism off in any case: the per-chunk tensors are small, and OpenMP
+    # barriers spin for a whole time slice whenever another process holds a core
+    # (measured: 30x slower on this 2-core machine under load); chunks run in parallel.
+    with _intra_op_threads(1):
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(work, starts))
+        else:
+            parts = [work(f0) for f0 in starts]
+    res.err2 = math.fsum(parts)                  # chunk order: same sum for any workers
     rows_nz = res.mask.any(dim=-1).any(dim=-1)                           # (Cout, R)
     row_keep = keep & group_rows_any(rows_nz, cfg.lanes)
     kept2 = float(torch.sum(blocks * blocks, dtype=torch.float64))
@@ -513,6 +583,7 @@ def decompose_reference_loop(weight: torch.Tensor, config: "SDConfig | str | Non
     The straightforward implementation of the same algorithm: the equivalence and
     speed reference of `decompose` (tests and `golden.bench_decompose`).
     """
+    options.setdefault("workers", 1)          # the plain reference: one block at a time
     return _run(weight, config, name, options, _solve_loop)
 
 

@@ -197,6 +197,10 @@ def test_all_zero_and_tiny_weights():
     w = torch.randn(4, 9) * 1e-30
     t = decompose(w)
     assert relative_error(w, t) < 0.3
+    sub = torch.randn(4, 9) * 1e-40                 # subnormal float32: float64 scaling
+    a, b = decompose(sub), decompose_reference_loop(sub)
+    assert relative_error(sub, a) < 0.3
+    assert torch.equal(a.exponent, b.exponent) and torch.equal(a.basis, b.basis)
 
 
 def test_max_c_narrows_the_top_exponent():
@@ -251,8 +255,12 @@ def test_chunking_does_not_change_the_result():
     torch.manual_seed(7)
     w = torch.randn(40, 64)
     a = decompose(w)
-    b = decompose(w, chunk_weights=100)        # one filter per chunk
+    b = decompose(w, chunk_weights=100, workers=3)        # one filter per chunk, threads
     assert torch.equal(a.exponent, b.exponent) and torch.equal(a.basis, b.basis)
+    assert a.extra["rel_error"] == b.extra["rel_error"]
+    threads = torch.get_num_threads()
+    decompose(w, workers=1)
+    assert torch.get_num_threads() == threads               # intra-op setting restored
 
 
 def test_float64_working_precision_agrees():
