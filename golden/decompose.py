@@ -239,18 +239,13 @@ def _normalise(a: torch.Tensor, top: int, dtype: torch.dtype):
     """Scale every block so its largest magnitude is ``2**top``.
 
     ``a`` is ``(nb, S, m)`` (a transposed view is fine); returns a contiguous ``dtype``
-    copy and the float64 ``alpha``.  The product is taken in ``dtype`` with ``alpha``
-    rounded to ``dtype`` (one pass); blocks whose ``alpha`` overflows ``dtype`` (all
-    weights subnormal) are scaled in float64 instead.  `solve_block_loop` does the same.
+    copy and the float64 ``alpha``.  The product is taken in float64 and rounded once
+    (``2**top / max|A|`` overflows float32 for subnormal weights, and one rounding keeps
+    the shipped checkpoint reproducible); `solve_block_loop` does the same.
     """
     alpha = _alpha(a.abs().amax(dim=(1, 2)), top)
-    scale = alpha.to(dtype)
     out = torch.empty(a.shape, dtype=dtype)
-    torch.mul(a.to(dtype), scale[:, None, None], out=out)
-    bad = ~torch.isfinite(scale)
-    if bool(bad.any()):
-        idx = bad.nonzero().squeeze(1)
-        out[idx] = (a[idx].to(torch.float64) * alpha[idx, None, None]).to(dtype)
+    out.copy_(a.to(torch.float64) * alpha[:, None, None])
     return out, alpha
 
 
@@ -318,13 +313,8 @@ def solve_block_loop(block: torch.Tensor, exp_min: int, top: int, terms: int,
     at which the block stopped.
     """
     dtype = opts.dtype
-    alpha64 = _alpha(block.abs().max(), top)
-    alpha = float(alpha64)
-    scale = alpha64.to(dtype)
-    if torch.isfinite(scale):
-        a = block.to(dtype) * scale
-    else:                                        # subnormal block: see _normalise
-        a = (block.to(torch.float64) * alpha).to(dtype)
+    alpha = float(_alpha(block.abs().max(), top))
+    a = (block.to(torch.float64) * alpha).to(dtype)
     s = a.shape[1]
     eye = torch.eye(s, dtype=torch.float64)
     ce, prev, iters = a.clone(), None, opts.iterations

@@ -55,7 +55,7 @@ def test_training_steps_keep_sd_structure(mode, terms, kw):
     # a huge lr makes the accumulate mode switch too (sign mode switches regardless)
     switch = BucketSwitch(model, lr=50.0, mode=mode, **kw)
     gen = torch.Generator().manual_seed(0)
-    for step in range(12):
+    for step in range(8):
         idx = torch.randint(0, len(data.x_train), (32,), generator=gen)
         sd_training_step(model, opt, switch, data.x_train[idx], data.y_train[idx],
                          reproject_after=(step % 2 == 0))
