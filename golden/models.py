@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from golden.layers import SDConv2d, SDLayer, SDLinear, sd_layers
+from golden.layers import SDConv2d, SDLinear, sd_layers
 from hw.config import SDConfig, load_config
 
 __all__ = ["DigitsCNN", "ARCHS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
