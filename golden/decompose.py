@@ -47,7 +47,8 @@ from golden.sparsity import CRITERIA, group_of_filters, group_rows_any, prune_ro
 from hw.config import SDConfig, load_config
 
 __all__ = ["DecomposeOptions", "decompose", "decompose_reference_loop", "check_weight",
-           "relative_error", "solve_blocks", "solve_block_loop", "default_workers"]
+           "relative_error", "solve_blocks", "solve_block_loop", "default_workers",
+           "intra_op_threads"]
 
 
 @dataclass(frozen=True)
@@ -456,7 +457,7 @@ def default_workers(requested: int) -> int:
 
 
 @contextmanager
-def _intra_op_threads(n: int):
+def intra_op_threads(n: int):
     """Temporarily set torch's intra-op thread count."""
     old = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -503,7 +504,7 @@ def _run(weight, config, name, options, solver) -> SDWeight:
     # Intra-op parallelism off in any case: the per-chunk tensors are small, and OpenMP
     # barriers spin for a whole time slice whenever another process holds a core
     # (measured: 30x slower on this 2-core machine under load); chunks run in parallel.
-    with _intra_op_threads(1):
+    with intra_op_threads(1):
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
                 parts = list(pool.map(work, starts))

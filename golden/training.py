@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from golden.decompose import intra_op_threads
 from golden.layers import SDLayer, convert_to_sd, sd_layers, to_dense
 from golden.quantize import project
 from hw.config import SDConfig, load_config
@@ -407,15 +408,27 @@ def run_pipeline(config: "SDConfig | str | None" = None, *, prune=DEFAULT_PRUNE,
                  switch_mode: str = "accumulate", precondition: bool = True,
                  bar: int = 1, dc_threshold: float = 0.0, switch_lr: float | None = None,
                  criterion: str = "energy", augment: bool = True, progress: bool = False,
-                 dense_model: nn.Module | None = None) -> PipelineResult:
+                 dense_model: nn.Module | None = None,
+                 threads: int | None = 1) -> PipelineResult:
     """Dense training -> SD conversion -> SD fine-tuning on the digits split.
 
     Accuracies after conversion and after fine-tuning are measured on `to_dense`
     copies, i.e. with the integer-basis weights ``SDWeight.reconstruct()``.
     ``dense_model`` skips dense training (a trained `DigitsCNN` to start from).
     The data split is always `load_digits_split(0)`; ``seed`` drives initialisation,
-    shuffling and augmentation.
+    shuffling and augmentation.  ``threads``: torch intra-op threads during the run
+    (restored after; None leaves them): this network's operations are too small for
+    OpenMP to pay off, and on a shared 2-core machine 2 threads ran 7-12x slower than 1.
     """
+    if threads is not None:
+        with intra_op_threads(threads):
+            return run_pipeline(config, prune=prune, epochs=epochs, sd_epochs=sd_epochs,
+                                seed=seed, dense_lr=dense_lr, sd_lr=sd_lr,
+                                c_update=c_update, switch_mode=switch_mode,
+                                precondition=precondition, bar=bar,
+                                dc_threshold=dc_threshold, switch_lr=switch_lr,
+                                criterion=criterion, augment=augment, progress=progress,
+                                dense_model=dense_model, threads=None)
     from golden.data import load_digits_split
     from golden.models import DigitsCNN
 

@@ -26,7 +26,7 @@ def parse_prune(text: str):
     """``"0.5"`` (every layer) or ``"conv2=0.45,conv3=0.55"`` (per layer) or ``"none"``."""
     text = text.strip()
     if text.lower() in ("none", "0", ""):
-        return None
+        return {}
     if "=" not in text:
         try:
             return float(text)
@@ -65,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "reference's sign count")
     parser.add_argument("--bar", type=int, default=1, help="sign-mode switch bar (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="init/shuffle seed (default 0)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: faster for this small "
+                             "network, and robust on a shared machine)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -93,20 +95,16 @@ def _report(m: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from golden.models import save_checkpoint, save_dense_checkpoint
     from golden.training import DEFAULT_PRUNE, run_pipeline
     from hw.config import load_config
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
     prune = DEFAULT_PRUNE if args.prune is None else args.prune
     res = run_pipeline(cfg, prune=prune, epochs=args.epochs, sd_epochs=args.sd_epochs,
                        seed=args.seed, c_update=args.c_update, switch_mode=args.switch_mode,
                        bar=args.bar, criterion=args.criterion,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, threads=args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     m = res.metrics

@@ -156,7 +156,6 @@ def test_storage_report_totals():
 
 def test_end_to_end_training_meets_the_accuracy_bound():
     """Shortened schedule (< 60 s on 2 cores): SD within 1 point of dense at <= 3.5 b/w."""
-    torch.set_num_threads(1)
     res = run_pipeline(epochs=30, sd_epochs=25, seed=0)
     m = res.metrics
     assert m["bits_per_weight"] <= 3.5
