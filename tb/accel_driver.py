@@ -19,10 +19,12 @@ Typical use inside a cocotb test::
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
-from cocotb.triggers import First, RisingEdge, Timer
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
 from cocotbext.axi import (AxiLiteBus, AxiLiteMaster, AxiStreamBus, AxiStreamFrame,
                            AxiStreamSink, AxiStreamSource)
 
@@ -33,7 +35,6 @@ from hw.host import (CTRL_ABORT, CTRL_CLEAR_COUNTERS, CTRL_CLEAR_STREAM_ERROR, C
                      StreamCmd, beats_per_word, header_word)
 from hw.program import ActLayout, Program
 from hw.top import memory_map
-from tb.common import ClockReset
 
 __all__ = ["AccelDriver", "RunStatus", "AccelError"]
 
@@ -88,13 +89,19 @@ class AccelDriver:
     dut : cocotb handle of the top module
     config : SDConfig
     kind : {"sd", "dense"}
-    start_clock : bool
-        Start the clock (off when the test already did).
+    free_run : bool or None
+        Let the core run on the wrapper's internal clock while waiting for ``irq``
+        (`golden.rtl_runner.accelerator_verilog` with ``self_clocked``); default: when
+        the top has a ``free_run`` input.
     """
 
-    def __init__(self, dut, config: SDConfig, kind: str = "sd", start_clock: bool = True):
+    def __init__(self, dut, config: SDConfig, kind: str = "sd", free_run: bool | None = None):
         self.dut, self.config, self.kind = dut, config, kind
-        self.clock = ClockReset(dut) if start_clock else None
+        self.free_run = hasattr(dut, "free_run") if free_run is None else free_run
+        if self.free_run:
+            dut.free_run.value = 0
+        self._clock = Clock(dut.clk, PERIOD_NS, unit="ns")
+        self._clock.start()
         for name in ("cocotb.sd_top", "cocotb"):
             logging.getLogger(name).setLevel(logging.WARNING)
         self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst)
@@ -105,12 +112,18 @@ class AccelDriver:
             ext.log.setLevel(logging.WARNING)
         self.mem = memory_map(config, kind)
         self.program: Program | None = None
+        #: wall and CPU seconds and cycles spent in `wait_done` (autonomous runs)
+        self.run_wall_s = 0.0
+        self.run_cpu_s = 0.0
+        self.run_cycles = 0
 
     # ----------------------------------------------------------------- basics
     async def reset(self, cycles: int = 4) -> None:
         """Synchronous reset of the whole accelerator (memories keep their contents)."""
-        if self.clock is not None:
-            await self.clock.reset(cycles)
+        self.dut.rst.value = 1
+        for _ in range(cycles):
+            await RisingEdge(self.dut.clk)
+        self.dut.rst.value = 0
         for _ in range(2):
             await RisingEdge(self.dut.clk)
 
@@ -218,6 +231,12 @@ class AccelDriver:
 
     async def start(self) -> None:
         await self.write_reg(Reg.CTRL, CTRL_START)
+        # START clears DONE/ERROR in the write's handshake cycle, so irq is low by now
+        # unless the run already ended (a run takes more cycles than the response).
+        if int(self.dut.irq.value):
+            st = await self.status()
+            if st.busy or not (st.done or st.error):
+                raise AccelError(f"irq still high after START: {st}", st)
 
     async def abort(self) -> None:
         await self.write_reg(Reg.CTRL, CTRL_ABORT)
@@ -229,15 +248,34 @@ class AccelDriver:
         await self.write_reg(Reg.CTRL, CTRL_CLEAR_COUNTERS)
 
     async def wait_done(self, timeout_cycles: int = 10_000_000) -> RunStatus:
-        """Wait for ``irq`` (no Python per cycle), then read STATUS."""
-        if not int(self.dut.irq.value):
-            edge = RisingEdge(self.dut.irq)
+        """Wait for ``irq`` (no Python per cycle), then read STATUS.
+
+        With ``free_run`` the testbench clock is stopped (at a low phase, every bus idle)
+        and the core runs on the model's own clock until ``irq``.
+        """
+        dut = self.dut
+        t0, c0 = time.perf_counter(), time.process_time()
+        if not int(dut.irq.value):
+            if self.free_run:
+                await FallingEdge(dut.clk)
+                self._clock.stop()
+                dut.free_run.value = 1
+            edge = RisingEdge(dut.irq)
             result = await First(edge, Timer(timeout_cycles * PERIOD_NS, unit="ns"))
+            if self.free_run:
+                dut.free_run.value = 0
+                await Timer(PERIOD_NS, unit="ns")
+                self._clock.start(start_high=False)
+                await RisingEdge(dut.clk)
             if result is not edge:
                 st = await self.status()
                 raise AccelError(f"the accelerator did not finish within {timeout_cycles} "
                                  f"cycles (status {st})", st)
-        return await self.status()
+        self.run_wall_s += time.perf_counter() - t0
+        self.run_cpu_s += time.process_time() - c0
+        st = await self.status()
+        self.run_cycles += st.cycles
+        return st
 
     async def run(self, timeout_cycles: int = 10_000_000, check: bool = True) -> RunStatus:
         """START, wait for completion; raise `AccelError` on STATUS.ERROR if ``check``."""

@@ -164,7 +164,8 @@ def _hash(*parts: bytes) -> str:
 
 
 # --------------------------------------------------------------------------- runner
-def _make_runner(timeout_s: float | None, forced_env: Mapping[str, str]):
+def _make_runner(timeout_s: float | None, forced_env: Mapping[str, str],
+                 make_vars: Sequence[str] = ()):
     from cocotb_tools.runner import Verilator
 
     class _Verilator(Verilator):
@@ -179,8 +180,8 @@ def _make_runner(timeout_s: float | None, forced_env: Mapping[str, str]):
                 stderr = None if stdout is None else subprocess.STDOUT
                 is_make = cmd[0] == "make"
                 if is_make:
-                    cmd = [*cmd, *_MAKE_VARIABLES]
-                    runtime = _RuntimeCache(Path(self.build_dir), self.env)
+                    cmd = [*cmd, *_MAKE_VARIABLES, *make_vars]   # later ones win
+                    runtime = _RuntimeCache(Path(self.build_dir), self.env, make_vars)
                     runtime.seed(stdout)
                 try:
                     result = subprocess.run(cmd, cwd=cwd, env=self.env, check=False,
@@ -206,11 +207,13 @@ class _RuntimeCache:
     (e.g. tracing) or another compiler get their own entry.
     """
 
-    def __init__(self, build_dir: Path, env: Mapping[str, str]):
+    def __init__(self, build_dir: Path, env: Mapping[str, str], make_vars: Sequence[str] = ()):
         self.build_dir = build_dir
         self.env = env
+        self.make_vars = tuple(make_vars)
         self.objects = self._global_objects()
-        dry = subprocess.run(["make", "-n", "-f", "Vtop.mk", *_MAKE_VARIABLES, *self.objects],
+        dry = subprocess.run(["make", "-n", "-f", "Vtop.mk", *_MAKE_VARIABLES, *self.make_vars,
+                              *self.objects],
                              cwd=build_dir,
                              env=env, capture_output=True, text=True, check=False).stdout
         compiler = subprocess.run(["c++", "--version"], env=env, capture_output=True,
@@ -244,7 +247,7 @@ class _RuntimeCache:
     def _compile(self, stdout) -> None:
         jobs = str(max(1, os.cpu_count() or 1))
         result = subprocess.run(["make", "-j", jobs, "-f", "Vtop.mk", *_MAKE_VARIABLES,
-                                 *self.objects],
+                                 *self.make_vars, *self.objects],
                                 cwd=self.build_dir, env=self.env, check=False, stdout=stdout,
                                 stderr=None if stdout is None else subprocess.STDOUT)
         if result.returncode != 0:
@@ -286,7 +289,8 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _build(build_dir: Path, toplevel: str, sources: list[Path], parameters: Mapping,
-           waves: bool, key: str, build_args: Sequence[str] = ()) -> float:
+           waves: bool, key: str, build_args: Sequence[str] = (),
+           make_vars: Sequence[str] = ()) -> float:
     """Build ``build_dir`` unless it already holds a finished build of ``key``.
 
     Returns the build time in seconds (0.0 when the cached build was reused).
@@ -300,7 +304,7 @@ def _build(build_dir: Path, toplevel: str, sources: list[Path], parameters: Mapp
             if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
                 return 0.0
             # A folder without a stamp is a build that died half-way: start over.
-            runner = _make_runner(None, {})
+            runner = _make_runner(None, {}, make_vars)
             log = build_dir.with_name(build_dir.name + ".build.log")
             start = time.perf_counter()
             try:
@@ -347,7 +351,7 @@ def run_cocotb(design_factory: Callable[[SDConfig], object], config: SDConfig, *
                parameters: Mapping[str, object] | None = None, waves: bool | None = None,
                testcase: str | Sequence[str] | None = None, timeout_s: float | None = None,
                verilog_sources: Sequence[str | os.PathLike] = (),
-               build_args: Sequence[str] = ()) -> Path:
+               build_args: Sequence[str] = (), make_vars: Sequence[str] = ()) -> Path:
     """Build ``design_factory(config)`` with Verilator and run cocotb ``test_module`` on it.
 
     Parameters
@@ -380,6 +384,9 @@ def run_cocotb(design_factory: Callable[[SDConfig], object], config: SDConfig, *
         Extra Verilator arguments after `VERILATOR_ARGS` (part of the build key), e.g.
         ``--no-public-flat-rw`` with a ``.vlt`` file that makes only the top module's
         ports public: much faster to build and to simulate for large designs.
+    make_vars : sequence of str
+        ``make`` variables after `_MAKE_VARIABLES` (they win), e.g. ``OPT_FAST=-O2`` for a
+        large model that runs long (part of the build key).
 
     Returns
     -------
@@ -421,7 +428,8 @@ def run_cocotb(design_factory: Callable[[SDConfig], object], config: SDConfig, *
 
     key = _hash(verilog_text.encode(), config.to_json(indent=None).encode(),
                 toplevel.encode(), json.dumps(parameters, sort_keys=True, default=str).encode(),
-                json.dumps(VERILATOR_ARGS + _MAKE_VARIABLES + tuple(build_args)).encode(),
+                json.dumps(VERILATOR_ARGS + _MAKE_VARIABLES + tuple(build_args)
+                           + tuple(make_vars)).encode(),
                 str(bool(waves)).encode(),
                 _verilator_version().encode(), _HARNESS_VERSION.encode(),
                 *[p.name.encode() + b"\0" + p.read_bytes() for p in extra])
@@ -436,7 +444,7 @@ def run_cocotb(design_factory: Callable[[SDConfig], object], config: SDConfig, *
 
     with _waves_env(waves):
         build_s = _build(build_dir, toplevel, [design_file, *extra], parameters, waves, key,
-                         build_args)
+                         build_args, make_vars)
     if build_s:
         print(f"[harness] built {name} ({toplevel}) in {build_s:.1f} s: {build_dir}",
               file=sys.stderr)

@@ -194,6 +194,42 @@ async def soak(dut):
     _save_result(case, "soak", {"runs": i, "cycles": total_cycles, "compared": compared})
 
 
+@cocotb.test()
+async def speed(dut):
+    """Simulated cycles per second: autonomous runs vs a loop driving every cycle."""
+    import time
+    case = _load_case()
+    drv = await _driver(dut, case)
+    spec = case["speed"]
+    net = case["networks"][spec["network"]]
+    await drv.load_weights(net["images"])
+    await drv.load_program(net["program"])
+    x, want = net["inputs"][0], net["expected"][0]
+    drv.run_wall_s, drv.run_cpu_s, drv.run_cycles = 0.0, 0.0, 0
+    for _ in range(spec["runs"]):
+        # the input region is reused by later layers (ping-pong): write it every run
+        await drv.write_activations(net["program"].input_layout, x)
+        await drv.run()
+    auto = drv.run_cycles / drv.run_wall_s
+    _compare(await drv.read_activations(net["program"].output_layout, net["program"].batch),
+             want, "speed run")
+    # the same simulator driven from Python on every cycle (a testbench that toggles an
+    # input and waits for the clock edge each cycle)
+    n = spec["loop_cycles"]
+    t0, c0 = time.perf_counter(), time.process_time()
+    for k in range(n):
+        dut.m_axis_tready.value = k & 1
+        await RisingEdge(dut.clk)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    loop = n / wall
+    dut.m_axis_tready.value = 1
+    _save_result(case, "speed", {
+        "autonomous_cycles_per_s": auto, "loop_cycles_per_s": loop, "ratio": auto / loop,
+        "autonomous_cycles_per_cpu_s": drv.run_cycles / max(drv.run_cpu_s, 1e-9),
+        "loop_cycles_per_cpu_s": n / max(cpu, 1e-9),
+        "cycles": drv.run_cycles, "wall_s": drv.run_wall_s, "cpu_s": drv.run_cpu_s})
+
+
 # ============================================================================ pytest side
 def case_dir() -> Path:
     from tb.harness import SIM_ROOT
@@ -228,36 +264,119 @@ def run_case(kind: str, config: SDConfig, case: dict, testcase, timeout_s: float
         Path(case["result_path"]).unlink(missing_ok=True)
 
 
-# --------------------------------------------------------------------- random layers
-#: Small configurations for the randomized tests: one lane and several lanes.
-SMALL = SDConfig(lanes=2, max_rows=255, block_rows=8, ce_depth=1024, basis_depth=256,
-                 quant_depth=128, act_depth=1024, out_depth=1024, acc_depth=16)
+# --------------------------------------------------------------------------- cases
+#: lanes = 1 (with a small accumulator, so layers are cut into many position tiles)
 ONE_LANE = SDConfig(lanes=1, max_rows=255, block_rows=16, ce_depth=1024, basis_depth=256,
                     quant_depth=64, act_depth=512, out_depth=512, acc_depth=8)
+#: The digits images the e2e test runs (the demo runs the whole test set).
+DIGITS_IMAGES = 24
+DIGITS_BATCH = 4
 
 
-def _random_case(config: SDConfig, seed: int) -> dict:
+def random_networks(config: SDConfig, seed: int) -> dict:
+    """Random networks for ``config``: odd sizes, sizes not a multiple of S, padding,
+    stride 2, several groups, an empty group, FC after conv, batches, position tiles."""
     from golden.rtl_runner import prepare_network
     from tb.random_net import ConvSpec, LinearSpec, random_inputs, random_qnet
-    rng = np.random.default_rng(seed)
-    nets = {}
     shapes = [
-        ((1, 7, 5), [ConvSpec(cout=3, k=3, padding=1), LinearSpec(cout=5)]),
+        ((1, 7, 5), [ConvSpec(cout=3, k=3, padding=1), LinearSpec(cout=5)], 1),
         ((2, 6, 7), [ConvSpec(cout=5, k=3, stride=2, padding=1),
-                     ConvSpec(cout=3, k=3, stride=1, padding=0), LinearSpec(cout=4, relu=True),
-                     LinearSpec(cout=3)]),
-        ((10,), [LinearSpec(cout=7, relu=True), LinearSpec(cout=3)]),
+                     ConvSpec(cout=config.lanes + 3, k=3, padding=0),
+                     LinearSpec(cout=4, relu=True), LinearSpec(cout=3)], 2),
+        ((10,), [LinearSpec(cout=7, relu=True), LinearSpec(cout=2 * config.lanes + 1)], 3),
+        ((3, 9, 4), [ConvSpec(cout=4, k=3, kh=2, stride=1, padding=2),
+                     ConvSpec(cout=3, k=6, kh=3, stride=3, padding=1)], 1),
     ]
-    for i, (shape, layers) in enumerate(shapes):
+    nets = {}
+    for i, (shape, layers, batch) in enumerate(shapes):
         q = random_qnet(config, shape, layers, seed=seed * 10 + i, empty_group=(i == 1))
-        x = random_inputs(config, shape, 3, seed * 10 + i)
-        nets[f"net{i}"] = prepare_network(q, x, batch=1 + (i % 2))
-    return {"config": config.to_json(), "kind": "sd", "networks": nets}
+        x = random_inputs(config, shape, 2 * batch, seed * 10 + i)
+        nets[f"random{i}"] = prepare_network(q, x, batch=batch)
+    return nets
+
+
+def digits_qnet(config: SDConfig):
+    """The bundled digits network for ``config`` and its integer test images."""
+    from golden.data import load_digits_split
+    from scripts.verilog import bundled_qnet
+    qnet, _ = bundled_qnet(config)
+    split = load_digits_split()
+    return qnet, qnet.quantize_input(split.x_test), split.y_test.numpy()
+
+
+def fault_spec(config: SDConfig, images: dict, program, layer: int = 1) -> dict:
+    """A negative-zero code in the first record of ``layer`` (and the word to repair it)."""
+    desc = program.descriptors[layer]
+    addr = desc["CE_BASE"] + config.words_per_record       # first record after the header
+    good = images["ce"][addr]
+    off = config.row_bits                                  # lane 0, element 0, term 0
+    mask = ((1 << config.code_bits) - 1) << off
+    bad = (good & ~mask) | ((1 << config.exp_bits) << off)  # {sign=1, field=0}
+    return {"memory": "ce", "address": addr, "good_word": good, "bad_word": bad,
+            "layer": layer, "reset_after": 300}
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("config", [SMALL, ONE_LANE], ids=["lanes2", "lanes1"])
-def test_random_layers(config):
-    """Random conv / FC layers (odd sizes, padding, stride 2, empty group) bit-exact."""
-    res = run_case("sd", config, _random_case(config, seed=1), "network")
-    assert res["network"], "no network ran"
+def test_sd_accelerator():
+    """SD accelerator, default configuration, digits network baked into the Verilog.
+
+    Bit-exact digits subset (weights baked, no load), random layers, runtime reload
+    A -> B, faults (bad code, reset and abort mid-layer, bad stream frame) and a soak of
+    >= 10**6 cycles with random back-pressure on the read-back stream.
+    """
+    from golden.rtl_runner import prepare_network
+    from hw.config import preset
+    cfg = preset("default")
+    qnet, x, _ = digits_qnet(cfg)
+    digits = prepare_network(qnet, x[:DIGITS_IMAGES], batch=DIGITS_BATCH)
+    digits["load_weights"] = False                       # they are baked in
+    nets = {"digits": digits, **random_networks(cfg, seed=2)}
+    case = {"config": cfg.to_json(), "kind": "sd", "networks": nets,
+            "images": digits["images"],
+            "reload": {"A": nets["random1"], "B": digits},
+            "fault": fault_spec(cfg, digits["images"], digits["program"]),
+            "soak": {"network": "digits", "min_cycles": 1_000_000, "stall": 0.5, "seed": 7}}
+    res = run_case("sd", cfg, case, ["network", "reload", "faults", "soak"],
+                   init=digits["images"])
+    assert res["network"]["digits"]["compared"] == DIGITS_IMAGES * 10 * 1 * 1
+    assert res["soak"]["cycles"] >= 1_000_000
+
+
+@pytest.mark.sim
+def test_dense_accelerator(tmp_path):
+    """Dense int8 baseline, weights from $readmemh files: the digits network, then other
+    weights in the same files with the same (cached) Verilog, both bit-exact."""
+    from golden import memfile
+    from golden.rtl_runner import prepare_network
+    from hw.config import preset
+    from hw.datapath import dense_word_bits
+    from tb.harness import SIM_ROOT
+    from tb.random_net import ConvSpec, LinearSpec, random_inputs, random_qnet
+    cfg = preset("default")
+    qnet, x, _ = digits_qnet(cfg)
+    files = SIM_ROOT / "dense_readmem"
+    files.mkdir(parents=True, exist_ok=True)
+    init_files = {"dense": str(files / "dense.hex"), "quant": str(files / "quant.hex")}
+    widths = {"dense": dense_word_bits(cfg), "quant": cfg.quant_word_bits}
+    other = random_qnet(cfg, (1, 8, 8), [ConvSpec(8, 3, 2, 1), LinearSpec(10)], seed=5)
+    for label, net in (("digits", prepare_network(qnet, x[:DIGITS_IMAGES],
+                                                  batch=DIGITS_BATCH, kind="dense")),
+                       ("other", prepare_network(other, random_inputs(cfg, (1, 8, 8), 4, 6),
+                                                 batch=2, kind="dense"))):
+        for name, path in init_files.items():
+            memfile.write_readmemh(path, net["images"][name], widths[name])
+        net["load_weights"] = False                      # $readmemh loaded them
+        case = {"config": cfg.to_json(), "kind": "dense", "networks": {label: net}}
+        res = run_case("dense", cfg, case, "network", init_files=init_files)
+        shape = net["program"].output_layout.shape
+        assert res["network"][label]["compared"] == (len(net["inputs"]) * net["program"].batch
+                                                     * int(np.prod(shape)))
+
+
+@pytest.mark.sim
+def test_one_lane_random_layers():
+    """lanes = 1, many position tiles: random conv / FC layers bit-exact."""
+    res = run_case("sd", ONE_LANE, {"config": ONE_LANE.to_json(), "kind": "sd",
+                                    "networks": random_networks(ONE_LANE, seed=1)},
+                   "network")
+    assert len(res["network"]) == 4
