@@ -23,6 +23,10 @@ DESIGNS: dict[str, str] = {
     "basis_array": "hw.basis_array:BasisArray",
     "mac": "hw.mac:MacLanes",
     "dense": "hw.dense:DenseRowReader",
+    # whole accelerators (memories, controller, AXI host interface); they instantiate the
+    # `sd_ram` Verilog module, whose text is the component's `verilog_sources`
+    "top": "hw.top:SDAccelerator",
+    "dense_top": "hw.dense_top:DenseAccelerator",
 }
 
 
