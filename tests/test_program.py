@@ -1,0 +1,146 @@
+"""Host-side compiler, descriptors, activation layouts and exact division (no simulator).
+
+The RTL itself is checked end to end in ``tb/test_top.py``; these tests pin down the
+Python side every run depends on: reciprocals are exact, descriptor fields fit their
+registers or fail with a message naming the layer, activation layouts round-trip and
+put the ``S`` elements of every window row in ``S`` different banks, and bad programs
+are refused before they reach the hardware.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hw.arith import magic
+from hw.config import SDConfig, preset
+from hw.descriptor import FIELDS, encode_field, field_widths
+from hw.host import StreamCmd, beats_per_word, header_word
+from hw.program import ActLayout, LayerSpec, compile_network
+from hw.top import memory_map
+
+CFG = preset("default")
+
+
+def conv(name, cout, cin, h, w, k=3, stride=1, pad=1, kh=None, relu=True):
+    kh = kh or k
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - k) // stride + 1
+    return LayerSpec(name=name, kind="conv2d", weight_shape=(cout, cin, kh, k),
+                     in_shape=(cin, h, w), out_shape=(cout, ho, wo), stride=(stride, stride),
+                     padding=(pad, pad), relu=relu, weights=(0, 10), basis=(0, 8),
+                     quant=(0, cout), kept_rows=(1,))
+
+
+def fc(name, cout, n, relu=False):
+    return LayerSpec(name=name, kind="linear", weight_shape=(cout, n), in_shape=(n,),
+                     out_shape=(cout,), relu=relu, weights=(0, 10), basis=(0, 8),
+                     quant=(0, cout), kept_rows=(1,))
+
+
+@pytest.mark.parametrize("n", [4, 11, 16])
+def test_magic_division_is_exact(n):
+    x = np.arange(1 << n, dtype=object)
+    for d in sorted(set(range(1, min(40, 1 << n))) | {(1 << n) - 1, 1 << n}):
+        m = magic(d, n)
+        assert all((x * m) >> (2 * n) == x // d), f"division by {d} for {n}-bit dividends"
+
+
+def test_magic_rejects_bad_divisor():
+    with pytest.raises(ValueError, match="divisor"):
+        magic(0, 8)
+
+
+def test_field_widths_fit_registers_for_presets():
+    for name in ("tiny", "default", "large"):
+        widths = field_widths(preset(name))
+        assert set(widths) == {f[0] for f in FIELDS}
+        assert all(1 <= bits <= 32 for bits, _ in widths.values())
+
+
+def test_encode_field_range_and_sign():
+    assert encode_field(CFG, "NEG_PAD_X", -1) == 0xFFFF_FFFF
+    with pytest.raises(ValueError, match="N_GROUPS"):
+        encode_field(CFG, "N_GROUPS", 1 << 20)
+    with pytest.raises(ValueError, match="CE_BASE"):
+        encode_field(CFG, "CE_BASE", -1)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (9, 5, 7), (17, 3, 4)])
+def test_fmap_layout_round_trip_and_banks(shape):
+    lay = ActLayout("fmap", shape, base=5, pitch=0, lanes=CFG.lanes, S=CFG.basis_size)
+    c, h, w = shape
+    wq = -(-w // CFG.basis_size)
+    lay = ActLayout("fmap", shape, 5, -(-c // CFG.lanes) * h * wq, CFG.lanes, CFG.basis_size)
+    rng = np.random.default_rng(1)
+    x = rng.integers(-128, 128, size=(3, *shape))
+    words = lay.pack(x, CFG.act_bits)
+    assert np.array_equal(lay.unpack(words, 3, CFG.act_bits), x)
+    bank, addr, lane = lay.element_addresses()
+    # no two elements share a (bank, address, lane) slot
+    assert len(set(zip(bank, addr, lane))) == c * h * w
+    # S consecutive x of one (c, y) are in S different banks: one read per window row
+    bank = bank.reshape(c, h, w)
+    for x0 in range(max(1, w - CFG.basis_size + 1)):
+        assert len(set(bank[0, 0, x0:x0 + CFG.basis_size])) == min(CFG.basis_size, w)
+
+
+def test_vector_layout_row_is_one_address():
+    n = 23
+    lay = ActLayout("vector", (n,), 0, -(-(-(-n // 3)) // CFG.lanes), CFG.lanes, 3)
+    bank, addr, lane = lay.element_addresses()
+    for r in range(-(-n // 3)):
+        sl = slice(3 * r, min(n, 3 * r + 3))
+        assert len(set(addr[sl])) == 1 and len(set(lane[sl])) == 1
+        assert list(bank[sl]) == list(range(len(bank[sl])))
+
+
+def test_compile_digits_geometry():
+    layers = [conv("c1", 16, 1, 8, 8), conv("c2", 32, 16, 8, 8, stride=2),
+              conv("c3", 32, 32, 4, 4, stride=2), fc("fc", 10, 128)]
+    prog = compile_network(layers, CFG, batch=5)
+    d = prog.descriptors
+    assert d[0]["N_TILES"] == 2 and d[0]["TILE"] == CFG.acc_depth
+    assert d[0]["LAST_TILE"] == 5 * 64 - CFG.acc_depth
+    assert d[2]["FLAGS"] & 2, "the layer before the FC layer writes its output scattered"
+    assert not d[3]["FLAGS"] & 2, "the last layer writes a feature map"
+    assert prog.output_layout.shape == (10, 1, 1)
+    # ping-pong: consecutive tensors in different regions, never overlapping
+    for a, b in zip(prog.inputs, prog.inputs[1:]):
+        lo_a, hi_a = a.base, a.base + a.pitch * 5
+        lo_b, hi_b = b.base, b.base + b.pitch * 5
+        assert hi_a <= lo_b or hi_b <= lo_a
+    assert len(prog.descriptor_words()) == 4 * len(FIELDS)
+
+
+def test_compile_refuses_what_the_hardware_cannot_run():
+    with pytest.raises(ValueError, match="kernel width 5 is not a multiple of S=3"):
+        compile_network([conv("c", 4, 2, 8, 8, k=5, pad=2)], CFG)
+    with pytest.raises(ValueError, match="activations need"):
+        compile_network([conv("c", 64, 64, 40, 40)], CFG)
+    with pytest.raises(ValueError, match="takes 100 inputs"):
+        compile_network([conv("c", 4, 1, 8, 8), fc("f", 3, 100)], CFG)
+    with pytest.raises(ValueError, match="batch"):
+        compile_network([fc("f", 3, 10)], CFG, batch=0)
+    with pytest.raises(ValueError, match="weight words"):
+        compile_network([LayerSpec(name="f", kind="linear", weight_shape=(3, 10),
+                                   in_shape=(10,), out_shape=(3,), weights=(1020, 10),
+                                   quant=(0, 3), kept_rows=(1,))], CFG)
+
+
+def test_stream_header_and_memory_map():
+    assert header_word(StreamCmd.WRITE, 3, 0x12) == (1 << 28) | (3 << 24) | 0x12
+    with pytest.raises(ValueError, match="24 bits"):
+        header_word(StreamCmd.READ, 0, 1 << 24)
+    mm = memory_map(CFG, "sd")
+    assert mm["weights"]["width"] == CFG.ce_word_width
+    assert beats_per_word(mm["weights"]["width"]) == 4
+    assert "basis" not in memory_map(CFG, "dense")
+    assert mm["act"]["banks"] == CFG.basis_size
+
+
+def test_accelerator_ports_have_axi_names():
+    from hw.top import SDAccelerator
+    names = set(SDAccelerator(SDConfig(lanes=2, max_rows=64, block_rows=32)).signature.members)
+    for p in ("s_axil_awaddr", "s_axil_rdata", "s_axis_tdata", "s_axis_tlast",
+              "m_axis_tvalid", "m_axis_tready", "irq"):
+        assert p in names
