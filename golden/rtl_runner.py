@@ -30,7 +30,7 @@ from hw.program import compile_network, specs_from_qnet
 
 __all__ = ["prepare_network", "accelerator_factory", "pack_network", "batches",
            "run_accelerator", "accelerator_verilog", "measure_sim_speed", "run_network",
-           "RunResult", "trace_file"]
+           "RunResult", "trace_file", "sim_speed"]
 
 
 def pack_network(qnet, kind: str = "sd"):
@@ -349,3 +349,23 @@ def measure_sim_speed(qnet, x_int, *, config: SDConfig | None = None, kind: str 
               f"/ {speed['loop_cycles_per_cpu_s'] / 1e3:9.1f} k cycles/s\n"
               f"  ratio               {speed['ratio']:9.1f} x")
     return speed
+
+
+def sim_speed(config=None, *, batch: int = 6, runs: int = 6, loop_cycles: int = 50_000,
+              verbose: bool = False) -> dict:
+    """`measure_sim_speed` on the bundled digits network for ``config`` (preset name,
+    JSON path, `SDConfig` or its dict; default ``"default"``).
+
+    Returns its dict plus ``cycles_per_s`` (autonomous runs, per wall second) and
+    ``cycles_per_cpu_s`` (per CPU second of the simulator process).
+    """
+    from golden.data import load_digits_split
+    from hw.config import load_config
+    from scripts.verilog import bundled_qnet
+    cfg = SDConfig.from_dict(config) if isinstance(config, dict) else load_config(config)
+    qnet, _ = bundled_qnet(cfg)
+    x = qnet.quantize_input(load_digits_split().x_test[:batch])
+    s = measure_sim_speed(qnet, x, config=cfg, batch=batch, runs=runs,
+                          loop_cycles=loop_cycles, verbose=verbose)
+    return {**s, "cycles_per_s": s["autonomous_cycles_per_s"],
+            "cycles_per_cpu_s": s["autonomous_cycles_per_cpu_s"]}

@@ -156,7 +156,21 @@ async def faults(dut):
     assert not st.busy and not st.error, f"state after abort: {st}"
     got = await drv.infer(x)
     _compare(got, want, "after an abort")
-    # 5. a malformed stream frame is reported and dropped
+    # 5. the watchdog ends a run that makes no progress (here: the descriptor fetch is
+    #    longer than a 3-cycle limit), and N_LAYERS = 0 is refused
+    from hw.controller import CtrlError
+    await drv.write_reg(Reg.WATCHDOG, 3)
+    st = await drv.run(check=False)
+    assert st.error and st.error_code == CtrlError.WATCHDOG, f"watchdog: {st}"
+    await drv.write_reg(Reg.WATCHDOG, 1 << 16)
+    await drv.write_reg(Reg.N_LAYERS, 0)
+    st = await drv.run(check=False)
+    assert st.error and st.error_code == CtrlError.NO_LAYERS, f"no layers: {st}"
+    assert await drv.read_reg(Reg.ERR_COUNT) == errs0 + 3
+    await drv.load_program(net["program"])
+    got = await drv.infer(x)
+    _compare(got, want, "after the watchdog and N_LAYERS errors")
+    # 6. a malformed stream frame is reported and dropped
     await drv.source.send(bytes(4))                       # header beat with tlast only
     await drv.source.wait()
     st = await drv.status()
