@@ -91,33 +91,34 @@ def block_runs(preset_name: str, dev: str, work: Path,
 
 
 def board_run(board_name: str, preset_name: str, work: Path,
-              log: "Callable[[str], None] | None" = None) -> dict:
+              log: "Callable[[str], None] | None" = None, built=None) -> dict:
     """Place and route the board wrapper of ``board_name`` with its pin constraints.
 
     The accelerator inside holds the bundled network's weights (``$readmemh`` images of
     the preset's build folder); the bitstream is packed too.
     """
     from fpga.board import BoardTop, board
-    from hw.config import preset
 
     bd = board(board_name)
     out = work / board_name
     out.mkdir(parents=True, exist_ok=True)
     try:
-        built = build_for(preset_name, work.parent / "verilog" / preset_name)
+        if built is None:
+            built = build_for(preset_name, work.parent / "verilog" / preset_name)
         core = built.make_core("sd")
         top = BoardTop(bd, core)
-        design = amaranth_design(top, bd.top_name, built.sd.root / built.sd.init_dir,
-                                 name=bd.top_name)
+        design = amaranth_design(top, bd.top_name, out / "rtl", name=bd.top_name)
         extra = tuple(Path(built.sd.root) / f for f in built.sd.verilog
                       if not f.endswith(f"{built.sd.top}.v"))
+        # the tools run in the images' folder so that $readmemh finds them
         design = VerilogDesign(top=design.top, files=design.files + extra,
-                               data_dir=design.data_dir, clocks=(bd.clk_pin,), name=design.name)
+                               data_dir=Path(built.sd.root) / built.sd.init_dir,
+                               clocks=(bd.clk_pin,), name=design.name)
     except (TopUnavailable, ValueError, TypeError) as exc:
         return {"design": bd.top_name, "device": bd.device, "status": "failed",
                 "error": f"{type(exc).__name__}: {exc}", "board": board_name,
                 "preset": preset_name, "kind": "board"}
-    r = run_flow(design, bd.device, out / "pnr", harness=False,
+    r = run_flow(design, bd.device, out / "pnr", harness=False, per_block=False,
                  constraints=bd.constraints_path, target_mhz=bd.clk_hz / 1e6,
                  bitstream=True, log=log)
     r.update(board=board_name, preset=preset_name, kind="board")

@@ -10,9 +10,11 @@ baseline, and writes
 * ``docs/fpga.md`` (SD vs dense side by side, per-block table, critical paths, checks),
 * ``docs/fpga_resources.png`` (one plot).
 
-``--blocks`` also measures every registered block alone; ``--boards`` places and routes
-the board wrappers (ULX3S, iCEBreaker) with their pin constraints.  A run that fails is
-reported as failed with its error, never with figures.
+It also measures every registered block alone (``--no-blocks`` skips it) and places and
+routes the board wrappers (ULX3S, iCEBreaker) with their pin constraints (``--no-boards``);
+``--quick`` does neither and measures fewer presets.  A run that fails is reported as
+failed with its error, never with figures.  A full run takes 1-2 hours on two cores
+(YoWASP tools; place-and-route of the default preset is about 10-15 min per design).
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", action="append", metavar="NAME",
                         help="measure only on this device (repeatable)")
     parser.add_argument("--quick", action="store_true",
-                        help="only " + ", ".join(f"{p}@{d}" for p, d in QUICK_PLAN))
-    parser.add_argument("--blocks", action="store_true",
-                        help="also measure every registered block alone (Fmax per block)")
-    parser.add_argument("--boards", action="store_true",
-                        help="also place and route the board wrappers "
+                        help="only " + ", ".join(f"{p}@{d}" for p, d in QUICK_PLAN)
+                             + ", no blocks alone, no boards")
+    parser.add_argument("--no-blocks", dest="blocks", action="store_false",
+                        help="skip measuring every registered block alone (Fmax per block)")
+    parser.add_argument("--no-boards", dest="boards", action="store_false",
+                        help="skip placing and routing the board wrappers "
                              + ", ".join(f"{b} ({p})" for b, p in BOARD_PLAN))
     parser.add_argument("--workdir", type=Path, default=Path("build/fpga"),
                         help="scratch folder for builds, netlists and logs (default: %(default)s)")
@@ -148,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.render_only:
         return _render_only(args)
+    if args.quick:
+        args.blocks = args.boards = False
     try:
         plan = _plan(args)
         for family in sorted({d.split("-")[0] for _, d in plan}):
@@ -219,8 +224,8 @@ def run(args: argparse.Namespace) -> int:
     if args.boards:
         for board_name, preset_name in BOARD_PLAN:
             bar.set_postfix_str(f"board {board_name}")
-            r = _relative(board_run(board_name, preset_name, work / "boards", log=tqdm.write),
-                          root)
+            r = _relative(board_run(board_name, preset_name, work / "boards", log=tqdm.write,
+                                    built=builds.get(preset_name)), root)
             _save(args.reports, r, f"board_{board_name}_{preset_name}")
             board_results.append(r)
             bar.update(1)
