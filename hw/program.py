@@ -30,7 +30,7 @@ from hw.descriptor import (DESC_SLOT_WORDS, FIELDS, FLAG_PRELOAD, FLAG_RELU, FLA
                            act_bank_depth, encode_field)
 
 __all__ = ["LayerSpec", "ActLayout", "Program", "compile_network", "specs_from_qnet",
-           "layer_ideal_cycles"]
+           "layer_ideal_cycles", "ACTIVATION_FILL", "first_layer_fill", "RUN_OVERHEAD"]
 
 
 def _ceil(a: int, b: int) -> int:
@@ -157,6 +157,27 @@ def _vector_words(n: int, lanes: int, S: int) -> int:
     return _ceil(_ceil(n, S), lanes)
 
 
+#: Cycles a layer's last op needs to reach the activation banks and hand over to the next
+#: layer: sequencer (bank read, select / rotate) 2 + `hw.mac.MacLanes.LATENCY` 5 + writer
+#: FIFO 1 + write 1 + the controller seeing the writer's done and starting the next
+#: layer 2.  Every layer pays it once (the activation side cannot overlap layers: the
+#: next layer reads what this one writes).
+ACTIVATION_FILL = 11
+
+
+
+def first_layer_fill(config: SDConfig) -> int:
+    """Extra cycles of a run's first layer: its weight side starts with it (later layers'
+    weight sides run ahead), so the first row waits for the Ce read and decode and the
+    preload of the first basis (``lanes`` words): ``lanes + 4``."""
+    return config.lanes + 4
+
+
+#: Cycles of a run outside its layers: START to the first layer (the first descriptor
+#: fetch, one RAM word per field; later descriptors are prefetched) and the end.
+RUN_OVERHEAD = len(FIELDS) + 6
+
+
 def layer_ideal_cycles(spec: LayerSpec, config: SDConfig, batch: int = 1) -> int:
     """Ideal MAC cycles: ``sum over groups of kept rows x output positions``."""
     positions = batch * (1 if spec.kind == "linear" else spec.out_shape[1] * spec.out_shape[2])
@@ -201,8 +222,16 @@ class Program:
                                                                   fields[name])))
         return out
 
-    def ideal_cycles(self) -> list[int]:
-        return [layer_ideal_cycles(s, self.config, self.batch) for s in self.layers]
+    def ideal_cycles(self, fill: bool = False) -> list[int]:
+        """Ideal cycles per layer of one START (kept rows x positions); with ``fill`` plus
+        the pipeline fill: `ACTIVATION_FILL` per layer and `first_layer_fill` for the
+        first.  The run adds `RUN_OVERHEAD` outside the layers."""
+        ideal = [layer_ideal_cycles(s, self.config, self.batch) for s in self.layers]
+        if not fill:
+            return ideal
+        out = [i + ACTIVATION_FILL for i in ideal]
+        out[0] += first_layer_fill(self.config)
+        return out
 
 
 def _conv_fields(spec: LayerSpec, cfg: SDConfig) -> dict:
