@@ -51,7 +51,26 @@ class Context:
                     dynamic_ncols=True, **kw)
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``shared[key]``, computed once per invocation."""
+        """``shared[key]``, computed once per invocation.
+
+        A computation that raised raises the same exception again for later sections
+        instead of running again (a failed RTL run is not repeated by every section that
+        needs its results).
+        """
         if key not in self.shared:
-            self.shared[key] = compute()
-        return self.shared[key]
+            try:
+                self.shared[key] = compute()
+            except Exception as exc:
+                self.shared[key] = _Failed(exc)
+                raise
+        value = self.shared[key]
+        if isinstance(value, _Failed):
+            raise value.exc
+        return value
+
+
+class _Failed:
+    """Marker of a shared computation that raised."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc

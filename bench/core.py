@@ -83,9 +83,15 @@ class Stat:
                 "q3": self.q3, "n": self.n, "unit": self.unit}
 
     def __str__(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
         if self.n == 1 or self.min == self.max:
-            return f"{self.median:.4g} {self.unit} (n={self.n})"
-        return f"{self.median:.4g} {self.unit} [{self.min:.4g}, {self.max:.4g}] (n={self.n})"
+            return f"{_num(self.median)}{unit} (n={self.n})"
+        return (f"{_num(self.median)}{unit} [{_num(self.min)}, {_num(self.max)}] "
+                f"(n={self.n})")
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
 
 
 def measure(fn: Callable[[], Any], repeats: int, unit: str = "s",

@@ -14,6 +14,7 @@ reports it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import inspect
@@ -24,13 +25,26 @@ import torch
 from .context import REPO, Context
 from .core import require
 
-__all__ = ["data", "dense_model", "sd_from_dense", "float_accuracy", "int_accuracy",
+__all__ = ["data", "dense_model", "single_thread", "sd_from_dense", "float_accuracy", "int_accuracy",
            "int8_dense_accuracy", "fp32_bits_per_weight", "storage", "DENSE_EPOCHS",
            "DENSE_EPOCHS_QUICK"]
 
 DENSE_EPOCHS = 60          # as `smartdeal train`
 DENSE_EPOCHS_QUICK = 15
 CACHE = REPO / "build" / "bench"
+
+
+@contextlib.contextmanager
+def single_thread():
+    """One torch intra-op thread: this network's operations are too small for OpenMP to
+    pay off, and on the shared 2-core machine two threads ran several times slower
+    (measured by `golden.training.run_pipeline`, which defaults to one thread too)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def data(ctx: Context):
@@ -82,8 +96,9 @@ def dense_model(ctx: Context) -> tuple[torch.nn.Module, dict]:
         d = data(ctx)
         torch.manual_seed(ctx.seed)
         model = models.DigitsCNN()
-        training.train_dense(model, d.x_train, d.y_train, epochs=epochs, seed=ctx.seed,
-                             progress=ctx.progress)
+        with single_thread():
+            training.train_dense(model, d.x_train, d.y_train, epochs=epochs, seed=ctx.seed,
+                                 progress=ctx.progress)
         path = path_for(epochs)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)

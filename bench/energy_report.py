@@ -45,9 +45,11 @@ def run(ctx: Context) -> SectionOutput:
     names = data["layers"]
     values: dict = {"table": em.HOROWITZ_45NM.as_dict(), "batches": {},
                     "headline_batch": HEADLINE_BATCH, "paper_x": PAPER["energy_efficiency_x"]}
+    layer_batches = data.get("layer_batches", data["batches"])
     for b in data["batches"]:
         entry: dict = {"layers": {}, "network": {}}
-        for label, key in [(n, f"{n}_b{b}") for n in names] + [("network", f"net_b{b}")]:
+        items = [(n, f"{n}_b{b}") for n in names] if b in layer_batches else []
+        for label, key in items + [("network", f"net_b{b}")]:
             per_kind = {kind: _price(em, data["kinds"][kind]["runs"][key]["counters"], cfg,
                                      kind, f"{label} b{b}", b)
                         for kind in ("sd", "dense")}
@@ -60,7 +62,7 @@ def run(ctx: Context) -> SectionOutput:
             else:
                 entry["layers"][label] = rec
         # The one-layer runs must add up to the network run (same work, same counters).
-        for kind in ("sd", "dense"):
+        for kind in ("sd", "dense") if items else ():
             net = data["kinds"][kind]["runs"][f"net_b{b}"]["counters"]
             parts = [data["kinds"][kind]["runs"][f"{n}_b{b}"]["counters"] for n in names]
             entry[f"{kind}_sum_of_layers_vs_network"] = {
@@ -90,6 +92,11 @@ def run(ctx: Context) -> SectionOutput:
     notes = []
     for b in data["batches"]:
         e = values["batches"][b]
+        if not e["layers"]:
+            notes.append(f"Batch {b}: network {e['network']['ratio_dram']:.2f}x with weights "
+                         f"from DRAM, {e['network']['ratio_onchip']:.2f}x on chip (per-layer "
+                         f"runs only in the full run).")
+            continue
         dram = ", ".join(f"{n} {e['layers'][n]['ratio_dram']:.2f}x" for n in names)
         onchip = ", ".join(f"{n} {e['layers'][n]['ratio_onchip']:.2f}x" for n in names)
         notes.append(f"Batch {b}: network {e['network']['ratio_dram']:.2f}x with weights from "
@@ -107,7 +114,7 @@ def run(ctx: Context) -> SectionOutput:
         f"rebuild adds shifts and adds; the dense baseline also runs the rows SD's "
         f"structural pruning removed.")
     tables = []
-    for b in data["batches"]:
+    for b in layer_batches:
         e = values["batches"][b]
         rows = []
         for label in [*names, "network"]:

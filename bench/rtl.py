@@ -1,9 +1,9 @@
 """The digits network on the Verilator-simulated accelerators (issue 6).
 
 Runs the quantized digits network on the SD accelerator and on the dense int8 baseline
-built from the same configuration, through the top's own cocotb test
-(``tb/test_top.py::network``: AXI host interface, bit-exact comparison of every output
-with ``golden/reference.py``), and reads from the simulated RTL
+built from the same configuration with the runner of ``smartdeal sim`` / ``demo``
+(`golden.rtl_runner.run_network`: AXI host interface, every output compared here with
+``golden/reference.py``; a mismatch fails the section), and reads from the simulated RTL
 
 * the cycles of every layer (``LAYER_CYCLES`` registers) against the ideal
   ``kept rows x output positions`` of `hw.program.layer_ideal_cycles` (no pipeline fill
@@ -12,7 +12,9 @@ with ``golden/reference.py``), and reads from the simulated RTL
   of every layer alone: each layer is also run as a one-layer network on its golden
   integer input, in the same simulation, so its counters are its own;
 * the weight memory bits each accelerator holds for the network (the memory images the
-  host loads, at the memory widths of `hw.top.memory_map`).
+  host loads, at the memory widths of `hw.top.memory_map`);
+* the simulation speed (`golden.rtl_runner.measure_sim_speed`: autonomous runs vs a
+  cocotb loop driving every cycle), median of repeated measurements.
 
 Batches: one image per run (``batch=1``) and ``batch=4`` (4 x 64 conv1 output pixels
 fill the 256 accumulators of the default preset); the cycles target uses batch 4, where
@@ -35,7 +37,7 @@ __all__ = ["run", "rtl_runs", "network_qnet", "BATCHES"]
 BATCHES = (1, 4)
 IMAGES = {True: 4, False: 16}          # quick, full: test images per network run
 CYCLES_BATCH = 4
-SIM_TIMEOUT_S = 1500
+SIM_TIMEOUT_S = 600
 
 
 def network_qnet(ctx: Context):
@@ -91,12 +93,25 @@ def _weight_bits(images: dict, mm: dict) -> dict:
     return out
 
 
+def _run(runner, qnet, x, kind: str, batch: int, label: str) -> dict:
+    """One `golden.rtl_runner.run_network` call; every output checked against golden."""
+    r = runner.run_network(qnet, x, kind=kind, batch=batch, timeout_s=SIM_TIMEOUT_S)
+    if r.mismatches:
+        raise AssertionError(f"{kind} accelerator, {label}: {r.mismatches} of "
+                             f"{r.outputs.size} outputs differ from golden/reference.py")
+    return {"cycles": [int(c) for c in r.cycles],
+            "layer_cycles": [int(c) for c in r.layer_cycles],
+            "ideal": [int(v) for v in r.ideal],
+            "counters": {k.lower(): int(v) for k, v in r.counters.items()},
+            "compared": int(r.outputs.size), "batch": int(r.batch), "items": int(len(x)),
+            "sim_wall_s": float(r.sim_wall_s), "run_wall_s": float(r.run_wall_s)}
+
+
 def rtl_runs(ctx: Context) -> dict:
     """Run both accelerators once per invocation; cycles, counters, memory bits."""
     def build():
-        require("hw.top", "AcceleratorTop", "memory_map")
-        runner = require("golden.rtl_runner", "prepare_network", "run_accelerator")
-        tb_top = require("tb.test_top", "run_case")
+        require("hw.top", "memory_map")
+        runner = require("golden.rtl_runner", "run_network", "pack_network")
         from hw.top import memory_map
         qnet, source = network_qnet(ctx)
         cfg = qnet.config
@@ -109,35 +124,48 @@ def rtl_runs(ctx: Context) -> dict:
         names = [lay.name for lay in qnet.layers]
         out = {"config": cfg.to_dict(), "source": source, "images": n, "layers": names,
                "batches": list(BATCHES), "kinds": {}}
-        for kind in ctx.bar(("sd", "dense"), desc="rtl"):
-            nets = {}
-            for b in BATCHES:
-                nets[f"net_b{b}"] = runner.prepare_network(qnet, x, kind=kind, batch=b)
-                for i in range(len(names)):
-                    nets[f"{names[i]}_b{b}"] = runner.prepare_network(
-                        _one_layer(qnet, i), inputs[i][:b], kind=kind, batch=b)
-            case = {"config": cfg.to_json(), "kind": kind, "networks": nets}
-            t0 = time.perf_counter()
-            res = tb_top.run_case(kind, cfg, case, "network", timeout_s=SIM_TIMEOUT_S)
-            wall = time.perf_counter() - t0
-            got = res.get("network")
-            if not got:
-                raise RuntimeError(f"the {kind} accelerator run returned no results")
-            runs = {}
-            for label, net in nets.items():
-                r = got[label]
-                runs[label] = {"cycles": r["cycles"], "layer_cycles": r["layer_cycles"],
-                               "ideal": [int(v) for v in net["ideal"]],
-                               "counters": {k.lower(): int(v) for k, v in r["counters"].items()},
-                               "compared": r["compared"], "batch": int(net["program"].batch),
-                               "items": int(net["n_items"])}
-            images = nets["net_b1"]["images"]
-            out["kinds"][kind] = {"runs": runs, "wall_s": wall,
+        # Per-layer runs feed the energy model; --quick runs them for the headline batch.
+        layer_batches = (BATCHES[0],) if ctx.quick else BATCHES
+        out["layer_batches"] = list(layer_batches)
+        jobs = [(kind, b, None) for kind in ("sd", "dense") for b in BATCHES]
+        jobs += [(kind, b, i) for kind in ("sd", "dense") for b in layer_batches
+                 for i in range(len(names))]
+        runs: dict = {"sd": {}, "dense": {}}
+        t0 = {"sd": 0.0, "dense": 0.0}
+        for kind, b, i in ctx.bar(jobs, desc="rtl runs"):
+            start = time.perf_counter()
+            if i is None:
+                runs[kind][f"net_b{b}"] = _run(runner, qnet, x, kind, b, f"network, batch {b}")
+            else:
+                runs[kind][f"{names[i]}_b{b}"] = _run(
+                    runner, _one_layer(qnet, i), inputs[i][:b], kind, b,
+                    f"{names[i]} alone, batch {b}")
+            t0[kind] += time.perf_counter() - start
+        for kind in ("sd", "dense"):
+            images, _, _ = runner.pack_network(qnet, kind)
+            out["kinds"][kind] = {"runs": runs[kind], "wall_s": t0[kind],
                                   "weight_bits": _weight_bits(images, memory_map(cfg, kind)),
-                                  "compared": sum(r["compared"] for r in runs.values())}
+                                  "compared": sum(r["compared"] for r in runs[kind].values())}
         return out
 
     return ctx.cached("rtl_runs", build)
+
+
+def sim_speed(ctx: Context) -> dict | None:
+    """Simulated cycles per second (`golden.rtl_runner.measure_sim_speed`), or None."""
+    try:
+        runner = require("golden.rtl_runner", "measure_sim_speed")
+    except NotAvailable:
+        return None
+    qnet, _ = network_qnet(ctx)
+    d = digits.data(ctx)
+    x = qnet.quantize_input(d.x_test[:4].numpy())
+    reps = ctx.repeats(full=3, quick=1)
+    got = [runner.measure_sim_speed(qnet, x, kind="sd", batch=4, verbose=False)
+           for _ in ctx.bar(range(reps), desc="sim speed")]
+    return {k: Stat.of([g[k] for g in got]) for k in (
+        "autonomous_cycles_per_s", "autonomous_cycles_per_cpu_s", "loop_cycles_per_s",
+        "loop_cycles_per_cpu_s", "ratio")}
 
 
 def _over(cycles: list, ideal: list) -> list:
@@ -176,18 +204,16 @@ def run(ctx: Context) -> SectionOutput:
         / (dense["weight_bits"]["total"] - dense["weight_bits"].get("quant", 0)))
     measured = {"rtl.cycles_over_ideal": max(sd["batches"][cb]["over_ideal"]),
                 "rtl.weight_memory_ratio": values["weight_memory_ratio"]}
-    unavailable = {"rtl.sim_cycles_per_s": (
-        "no simulation-speed benchmark in the tree yet (autonomous Verilator run vs a "
-        "cocotb per-cycle loop, from the top's runner)")}
-    try:
-        speed = require("golden.rtl_runner", "sim_speed")
-        s = speed.sim_speed(data["config"])
-        values["sim_speed"] = s
-        measured["rtl.sim_cycles_per_s"] = float(s["cycles_per_s"])
-        values["sim_speed_ratio"] = s.get("ratio")
-        unavailable = {}
-    except NotAvailable:
-        pass
+    unavailable = {}
+    speed = sim_speed(ctx)
+    if speed is None:
+        unavailable["rtl.sim_cycles_per_s"] = ("no simulation-speed benchmark in the tree "
+                                               "(golden.rtl_runner.measure_sim_speed)")
+    else:
+        values["sim_speed"] = speed
+        values["sim_cycles_per_s"] = speed["autonomous_cycles_per_s"]
+        values["sim_speed_ratio"] = speed["ratio"]
+        measured["rtl.sim_cycles_per_s"] = speed["autonomous_cycles_per_s"].median
     labels = [f"{n} b{b}" for b in data["batches"] for n in names]
     plot = grouped_bars(
         labels,
@@ -202,8 +228,8 @@ def run(ctx: Context) -> SectionOutput:
     notes = [
         f"Network: {data['source']}; {data['images']} test images per run, every output "
         f"compared with the golden integer reference ({sd['outputs_compared']:,} SD and "
-        f"{dense['outputs_compared']:,} dense outputs, 0 mismatches — a mismatch fails the "
-        f"cocotb test and this section).",
+        f"{dense['outputs_compared']:,} dense outputs, 0 mismatches — a mismatch fails this "
+        f"section).",
         *[f"Batch {b}: SD layer cycles {sd['batches'][b]['layer_cycles']} vs ideal "
           f"{sd['batches'][b]['ideal']} (over ideal "
           f"{', '.join(f'{100 * o:.1f}%' for o in sd['batches'][b]['over_ideal'])}); dense "
@@ -225,6 +251,13 @@ def run(ctx: Context) -> SectionOutput:
                          dense["batches"][b]["ideal"][i],
                          100 * dense["batches"][b]["over_ideal"][i]]
                         for b in data["batches"] for i, n in enumerate(names)]}]
+    if speed is not None:
+        notes.append(
+            f"Simulation speed (SD, batch 4, Python only waits for the interrupt): "
+            f"{speed['autonomous_cycles_per_s']} per wall second, "
+            f"{speed['autonomous_cycles_per_cpu_s']} per CPU second of the simulator; a "
+            f"cocotb loop touching an input every cycle: {speed['loop_cycles_per_s']}; "
+            f"ratio {speed['ratio']}.")
     if np.isnan(measured["rtl.cycles_over_ideal"]):
         raise RuntimeError("a layer has an ideal cycle count of 0")
     return SectionOutput(values=values, measured=measured, plots=[plot], notes=notes,

@@ -42,6 +42,9 @@ SECTIONS: dict[str, tuple[str, str]] = {
 def _machine() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(),
             "cpus": os.cpu_count()}
+    if hasattr(os, "getloadavg"):
+        # Other work on the machine inflates wall-clock figures; record how busy it was.
+        info["load_average_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
     try:
         import torch
         info["torch"] = torch.__version__
@@ -149,6 +152,7 @@ def run_bench(ctx: Context, only: Sequence[str] | None = None, command: str = "s
     previous = load_results(results_path) if only else None
     sections = dict(previous["sections"]) if previous else {}
     started = time.perf_counter()
+    load_at_start = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     bar = ctx.bar(names, desc="bench", total=len(names))
     for name in bar:
         bar.set_description(f"bench: {name}")
@@ -160,7 +164,7 @@ def run_bench(ctx: Context, only: Sequence[str] | None = None, command: str = "s
         "quick": ctx.quick,
         "sections_run": names,
         "elapsed_s": time.perf_counter() - started,
-        "machine": _machine(),
+        "machine": {**_machine(), "load_average_at_start": load_at_start},
         "sections": {n: sections[n] for n in SECTIONS if n in sections},
     }
     results["targets"] = collect_targets(results["sections"])

@@ -119,7 +119,8 @@ def run(ctx: Context) -> SectionOutput:
     points, failed = [], []
     for p in ctx.bar(sweep_points(ctx.quick), desc="sweep"):
         try:
-            points.append(_measure_point(ctx, dense, base_cfg, p, ft))
+            with digits.single_thread():
+                points.append(_measure_point(ctx, dense, base_cfg, p, ft))
         except ValueError as exc:   # a point the toolchain refuses: recorded, not hidden
             failed.append(dict(p, error=str(exc)))
     if not points:

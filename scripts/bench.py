@@ -5,6 +5,7 @@ Examples
     smartdeal bench                    # full run (< 30 min on 2 cores)
     smartdeal bench --quick            # reduced run (< 5 min)
     smartdeal bench --only energy rtl  # re-measure some sections, keep the others
+    smartdeal bench --report-only      # regenerate docs/results.md from bench/results.json
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'-' to skip")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: regenerate the report from the existing results.json")
 
 
 def _summary(results: dict) -> str:
@@ -60,9 +63,17 @@ def _summary(results: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from bench.context import REPO, Context
     from bench.report import write_report
-    from bench.runner import run_bench
+    from bench.runner import load_results, run_bench
 
     out_dir = Path(args.out) if args.out else REPO / "bench"
+    if args.report_only:
+        results = load_results(out_dir / "results.json")
+        if results is None:
+            print(f"smartdeal bench: no usable {out_dir / 'results.json'}; run the bench first",
+                  file=sys.stderr)
+            return 2
+        print(f"report: {write_report(results, args.docs or REPO / 'docs' / 'results.md')}")
+        return 0
     ctx = Context(quick=args.quick, out_dir=out_dir, seed=args.seed,
                   progress=not args.no_progress)
     command = "smartdeal bench" + (" --quick" if args.quick else "") + (

@@ -201,3 +201,17 @@ def test_fpga_section_reads_reports(monkeypatch, tmp_path):
         json.dumps({"status": "failed", "error": "nextpnr: no route"}))
     out = fpga.run(Context(progress=False))
     assert not out.measured and "no route" in out.failed["fpga.fmax_ecp5_mhz"]
+
+
+def test_shared_failure_is_not_recomputed():
+    ctx = Context(progress=False)
+    calls = []
+
+    def boom():
+        calls.append(1)
+        raise RuntimeError("sim crashed")
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="sim crashed"):
+            ctx.cached("rtl_runs", boom)
+    assert calls == [1]
+    assert ctx.cached("x", lambda: 5) == 5 and ctx.cached("x", lambda: 6) == 5
