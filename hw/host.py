@@ -18,7 +18,8 @@ Stream protocol (32-bit beats on ``s_axis``):
   same beat format, ``tlast`` on the final beat.
 
 Memory loads and reads are accepted only while the accelerator is idle (``tready`` low
-while it runs).  A malformed frame sets ``STATUS.STREAM_ERROR`` and the code in
+while it runs; a read in progress pauses).  AXI4-Lite writes are whole 32-bit words
+(``wstrb`` is ignored) and every access answers OKAY; unmapped addresses read 0.  A malformed frame sets ``STATUS.STREAM_ERROR`` and the code in
 ``STREAM_ERR``; the rest of the frame up to ``tlast`` is dropped.
 """
 
@@ -403,8 +404,10 @@ class HostInterface(wiring.Component):
                 with m.If(take & tlast):
                     m.next = "HDR0"
             with m.State("RD_ISSUE"):
-                m.d.comb += [self.mem_r_en.eq(1)]
-                m.next = "RD_LATCH"
+                # the memories' read ports belong to the datapath while it runs
+                with m.If(~self.busy):
+                    m.d.comb += self.mem_r_en.eq(1)
+                    m.next = "RD_LATCH"
             with m.State("RD_LATCH"):
                 m.d.sync += [out_word.eq(self.mem_r_data), out_beat.eq(0)]
                 m.next = "RD_SEND"
