@@ -32,7 +32,8 @@ TARGETS: tuple[TargetSpec, ...] = (
     TargetSpec("accuracy.bits_per_weight", "SD storage of that model, everything counted",
                "<=", 3.5, "bits/weight", 3, "accuracy", f"{_B} --only accuracy"),
     # Issue 6: RTL on the digits network.
-    TargetSpec("rtl.cycles_over_ideal", "worst layer: cycles / ideal - 1 (SD accelerator)",
+    TargetSpec("rtl.cycles_over_ideal", "worst layer, batch 1 and 4: cycles / (ideal + "
+               "pipeline fill) - 1 (SD accelerator)",
                "<=", 0.10, "fraction", 6, "rtl", f"{_B} --only rtl"),
     TargetSpec("rtl.sim_cycles_per_s", "Verilator simulated cycles per second (autonomous)",
                ">=", 500e3, "cycles/s", 6, "rtl", f"{_B} --only rtl"),

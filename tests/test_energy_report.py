@@ -55,3 +55,32 @@ def test_energy_section_prices_rtl_counters(tmp_path):
     assert b1["sd_sum_of_layers_vs_network"]["weight_reads"] == (6, 6)
     assert all(Path(p).is_file() for p in out.plots)
     assert out.tables[0]["rows"][-1][0] == "network"
+
+
+def test_rtl_section_on_synthetic_runs(tmp_path, monkeypatch):
+    from bench import rtl
+    from hw.program import ACTIVATION_FILL, first_layer_fill
+    cfg = SDConfig()
+    fill0 = ACTIVATION_FILL + first_layer_fill(cfg)
+
+    def run(cycles, ideal):
+        return {"cycles": [sum(cycles) + 20], "layer_cycles": cycles, "ideal": ideal,
+                "counters": _counters(1, 1, 1, 1), "compared": 10, "batch": 1, "items": 1}
+    ideal = [100, 50]
+    sd_run = run([100 + fill0 + 5, 50 + ACTIVATION_FILL + 10], ideal)   # 5%, 16.4%
+    dense_run = run([100 + fill0, 50 + ACTIVATION_FILL], ideal)
+    ctx = Context(img_dir=tmp_path, progress=False)
+    ctx.shared["rtl_runs"] = {
+        "config": cfg.to_dict(), "source": "test", "images": 1, "layers": ["a", "b"],
+        "batches": [1, 4], "kinds": {
+            "sd": {"runs": {"net_b1": sd_run, "net_b4": sd_run}, "wall_s": 1.0,
+                   "compared": 20, "weight_bits": {"ce": 60, "quant": 10, "total": 70}},
+            "dense": {"runs": {"net_b1": dense_run, "net_b4": dense_run}, "wall_s": 1.0,
+                      "compared": 20, "weight_bits": {"dense": 200, "quant": 10,
+                                                      "total": 210}}}}
+    monkeypatch.setattr(rtl, "sim_speed", lambda ctx: None)
+    out = rtl.run(ctx)
+    assert out.measured["rtl.cycles_over_ideal"] == pytest.approx(10 / (50 + ACTIVATION_FILL))
+    assert out.measured["rtl.weight_memory_ratio"] == pytest.approx(70 / 210)
+    assert out.values["weight_memory_ratio_no_quant"] == pytest.approx(60 / 200)
+    assert "rtl.sim_cycles_per_s" in out.unavailable
