@@ -4,9 +4,9 @@ pruning fraction and threshold, plotted against bits per weight.
 Every point starts from the same trained dense model (`bench.digits.dense_model`),
 converts it with `golden.layers.convert_to_sd` under a configuration that differs from
 the default preset only in the swept knob, fine-tunes it briefly in SD form
-(`golden.training.finetune_sd` with its defaults, `FINETUNE_EPOCHS` epochs, one in
-``--quick``: enough to show which settings recover, far less than the 30 epochs of
-``smartdeal train``), and measures
+(`golden.training.finetune_sd` with its defaults, `FINETUNE_EPOCHS` epochs, 5 in
+``--quick``; half the 30 epochs of ``smartdeal train``, enough to show which settings
+recover), and measures
 
 * test accuracy of the float SD network (the weights the hardware rebuilds),
 * test accuracy of the bit-exact integer reference (`golden.qnet`, int8 activations),
@@ -41,19 +41,18 @@ from .plots import accuracy_vs_bits, pareto_front
 
 __all__ = ["run", "sweep_points", "point_config", "FINETUNE_EPOCHS"]
 
-FINETUNE_EPOCHS = 2
-FINETUNE_EPOCHS_QUICK = 1
+FINETUNE_EPOCHS = 15
+FINETUNE_EPOCHS_QUICK = 5
 BASE = {"exp_bits": 3, "basis_bits": 8, "prune": 0.5, "threshold": None}
 
 
 def sweep_points(quick: bool) -> list[dict]:
-    """The sweep grid: code width x pruning, basis bits x pruning, and a threshold line."""
+    """The sweep grid: code width x basis bits x pruning, and a threshold line."""
     if quick:
         return ([dict(BASE, exp_bits=e) for e in (2, 3, 4)]
                 + [dict(BASE, prune=0.3), dict(BASE, exp_bits=2, prune=0.8)])
-    grid = [dict(BASE, exp_bits=e, prune=p)
-            for e, p in itertools.product((2, 3, 4), (0.0, 0.3, 0.5, 0.7, 0.85))]
-    grid += [dict(BASE, basis_bits=b, prune=p) for b, p in itertools.product((4, 6), (0.3, 0.5))]
+    grid = [dict(BASE, exp_bits=e, basis_bits=b, prune=p)
+            for e, b, p in itertools.product((2, 3, 4), (4, 6, 8), (0.0, 0.3, 0.5, 0.7, 0.85))]
     grid += [dict(BASE, threshold=t) for t in (0.02, 0.05, 0.1)]
     return grid
 
@@ -121,8 +120,9 @@ def run(ctx: Context) -> SectionOutput:
         try:
             with digits.single_thread():
                 points.append(_measure_point(ctx, dense, base_cfg, p, ft))
-        except ValueError as exc:   # a point the toolchain refuses: recorded, not hidden
-            failed.append(dict(p, error=str(exc)))
+        except (ValueError, FloatingPointError) as exc:
+            # a point the toolchain refuses or whose fine-tuning diverges: recorded, shown
+            failed.append(dict(p, error=f"{type(exc).__name__}: {exc}"))
     if not points:
         raise RuntimeError(f"every sweep point failed; first error: {failed[0]['error']}")
     d = digits.data(ctx)
@@ -187,8 +187,10 @@ def run(ctx: Context) -> SectionOutput:
     else:
         notes.append("No sweep point reached ≤ 2.5 bits/weight.")
     notes.append("Pareto front (integer reference): " + "; ".join(
-        f"{p['bits_per_weight']:.2f} b/w → {p['acc_int']:.1f}% (e{p['exp_bits']} "
-        f"B{p['basis_bits']} prune {p['prune']})" for p in values["pareto"]))
+        f"{p['bits_per_weight']:.2f} b/w → {p['acc_int']:.1f}% ({1 + p['exp_bits']}-bit "
+        f"codes, {p['basis_bits']}-bit basis, prune {p['prune']})" for p in values["pareto"]))
+    for f in failed:
+        notes.append(f"Refused point {({k: f[k] for k in BASE})}: {f['error']}")
     table = {"title": "Sweep points (accuracy in %; * = on the Pareto front)",
              "header": ["code bits", "basis bits", "prune (conv2, conv3)", "threshold",
                         "bits/weight", "float, decomposed", "float, fine-tuned",
