@@ -42,7 +42,7 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, dict) and "median" in value:
         med, lo, hi = value["median"], value["min"], value["max"]
         if value.get("n", 1) > 1 and lo != hi:
-            return f"{fmt(med, digits)} [{fmt(lo, digits)}–{fmt(hi, digits)}]"
+            return f"{fmt(med, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
         return fmt(med, digits)
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -142,8 +142,10 @@ _METHOD = [
     "converted from the same dense model and fine-tuned briefly (see the section); float "
     "SD and bit-exact integer reference accuracy against bits per weight.",
     "**rtl** — the digits network on the Verilator-simulated SD accelerator and dense int8 "
-    "baseline (`tb/test_top.py`, every output compared with `golden/reference.py`); layer "
-    "cycles and event counters read from the accelerators' registers.",
+    "baseline (`golden.rtl_runner.run_network`, the runner of `smartdeal sim`; every output "
+    "compared with `golden/reference.py`), whole network and each layer alone, batch 1 and "
+    "4; layer cycles and event counters read from the accelerators' registers; simulation "
+    "speed from `golden.rtl_runner.measure_sim_speed`.",
     "**energy** — the RTL event counters priced with the 45 nm energy table of Horowitz "
     "(ISSCC 2014), weights from DRAM or on chip; model and assumptions in "
     "[energy.md](energy.md).",
@@ -197,7 +199,7 @@ def render(results: dict, docs_dir: Path = REPO / "docs") -> str:
         f"{m.get('torch', '?')}; sections run in that invocation: "
         f"{', '.join(results.get('sections_run', [])) or 'none'} "
         f"({fmt(results.get('elapsed_s'))} s).  Every figure is the median over repeated "
-        "runs, spread in brackets [min–max]; every ratio compares runs of one invocation.",
+        "runs, spread in brackets [min, max]; every ratio compares runs of one invocation.",
         "",
     ]
     out += _opening_table(results)
