@@ -180,7 +180,9 @@ def _targets_table(results: dict) -> list[str]:
 
 
 def _rel(path: str, base: Path) -> str:
-    return os.path.relpath(Path(path).resolve(), base.resolve()).replace(os.sep, "/")
+    p = Path(path)
+    p = p if p.is_absolute() else REPO / p      # results.json keeps repository-relative paths
+    return os.path.relpath(p.resolve(), base.resolve()).replace(os.sep, "/")
 
 
 def render(results: dict, docs_dir: Path = REPO / "docs") -> str:

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from .context import Context
+from .context import REPO, Context
 from .core import NOT_AVAILABLE, NotAvailable, SectionOutput, target_entry
 from .targets import TARGETS
 
@@ -69,6 +69,15 @@ def _jsonable(obj):
     return obj
 
 
+def _repo_relative(path) -> str:
+    """A path inside the repository as relative to it (results.json is committed)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO))
+    except ValueError:
+        return str(p)
+
+
 def run_section(name: str, ctx: Context) -> dict:
     """Run one section; always returns a record (status ok / not available / error)."""
     module_name, description = SECTIONS[name]
@@ -84,7 +93,7 @@ def run_section(name: str, ctx: Context) -> dict:
                             f"expected SectionOutput")
         record.update(status="ok", values=_jsonable(out.values),
                       measured=_jsonable(out.measured), details=_jsonable(out.details),
-                      plots=[str(p) for p in out.plots], notes=list(out.notes),
+                      plots=[_repo_relative(p) for p in out.plots], notes=list(out.notes),
                       unavailable=dict(out.unavailable), failed=dict(out.failed),
                       tables=_jsonable(out.tables))
     except NotAvailable as exc:
