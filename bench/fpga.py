@@ -21,6 +21,7 @@ __all__ = ["run", "REPORTS", "load_run", "figures"]
 
 REPORTS = REPO / "fpga" / "reports"
 PRESET, DEVICE = "default", "ecp5-25k"
+OTHER_DEVICES = ("ecp5-85k",)
 _KEYS = ("fpga.fmax_ecp5_mhz", "fpga.rebuild_lut_fraction", "fpga.rebuild_dsp")
 
 
@@ -73,12 +74,21 @@ def run(ctx: Context) -> SectionOutput:
         raise NotAvailable(f"no {PRESET}_{DEVICE}_sd.json in {_rel(REPORTS)}: "
                            f"run `make fpga-report` first")
     values = {"sd": figures(sd), "dense": figures(dense) if dense else None,
-              "preset": PRESET, "device": DEVICE}
+              "preset": PRESET, "device": DEVICE, "other_devices": {}}
     out = SectionOutput(values=values)
+    # Other devices of the report, for context (the targets are on ECP5-25k, issue 7).
+    for dev in OTHER_DEVICES:
+        runs = {k: load_run(REPORTS, PRESET, dev, k) for k in ("sd", "dense")}
+        if runs["sd"] is not None:
+            values["other_devices"][dev] = {k: figures(r) if r else None for k, r in runs.items()}
+            f = values["other_devices"][dev]["sd"]
+            out.notes.append(f"SD accelerator on {dev}: " + (
+                f"{f['fmax_mhz']:.1f} MHz, {f['lut']} LUT, {f['dsp']} DSP"
+                if f["status"] == "ok" else f"FAILED: {f['error']}") + ".")
     if sd["status"] != "ok":
         why = f"the latest fpga-report run FAILED: {sd.get('error')}"
         out.failed = {k: why for k in _KEYS}
-        out.notes.append(f"SD accelerator on {DEVICE}: {why}")
+        out.notes.insert(0, f"SD accelerator on {DEVICE}: {why}")
         return out
     groups = report.block_groups(sd.get("blocks") or {})
     rebuild = [groups.get(g, {}) for g in ("decoder", "basis array")]
@@ -94,7 +104,7 @@ def run(ctx: Context) -> SectionOutput:
     else:
         out.unavailable["fpga.rebuild_lut_fraction"] = "the report has no MAC-lane LUT count"
     d = values["dense"]
-    out.notes.append(
+    out.notes.insert(0, 
         f"From {_rel(values['sd']['report'])} ({values['sd']['report_time']}): "
         f"SD accelerator {values['sd']['fmax_mhz']:.1f} MHz, {values['sd']['lut']} LUT, "
         f"{values['sd']['ff']} FF, {values['sd']['bram']} BRAM, {values['sd']['dsp']} DSP"
