@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"run only these sections ({', '.join(SECTIONS)}); the others "
                              f"keep their previous results")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for results.json and working plots (default: bench/)")
+                        help="folder for results.json (default: bench/); plots go to "
+                             "docs/img/, which docs/results.md shows")
     parser.add_argument("--docs", type=Path, default=None,
                         help="markdown report to regenerate (default: docs/results.md); "
                              "'-' to skip")
