@@ -129,6 +129,10 @@ def _render_only(args) -> int:
         runs = data["runs"]
         checks = [report.Check(c["name"], c["value"], c["bound"], c["kind"], c.get("detail", ""))
                   for c in data["checks"]]
+        if "storage" in data:       # re-evaluate the targets with the current rules
+            from fpga.measure import checks_for
+            stores = {p: type("Stored", (), {"storage": st}) for p, st in data["storage"].items()}
+            checks = checks_for(_pairs(runs), stores)
     except (OSError, ValueError, KeyError) as exc:
         print(f"smartdeal fpga-report: error: cannot read {path}: {exc}; run "
               f"`smartdeal fpga-report` first", file=sys.stderr)
@@ -145,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fpga import report
+    from fpga.devices import DEVICES
     from fpga.measure import (board_run, block_runs, build_for, checks_for, design_of,
                               TopUnavailable)
     from fpga.tools import ToolchainError, check_toolchain
@@ -215,11 +220,14 @@ def run(args: argparse.Namespace) -> int:
             extra_pairs.append((f"{preset_name} (memories empty)", bare[0], bare[1]))
     block_results = []
     if args.blocks:
-        for preset_name, dev in plan[:1]:
-            for r in block_runs(preset_name, dev, work / "blocks", log=tqdm.write):
-                r = _relative(r, root)
-                _save(args.reports, r, f"block_{r['design']}_{preset_name}_{dev}")
-                block_results.append(r)
+        # Blocks alone on the largest ECP5 part of the plan, so that each one fits.
+        preset_name, dev = plan[0]
+        ecp5 = [d for p, d in plan if p == preset_name and d.startswith("ecp5")]
+        dev = max(ecp5, key=lambda d: DEVICES[d].capacity["lut"]) if ecp5 else dev
+        for r in block_runs(preset_name, dev, work / "blocks", log=tqdm.write):
+            r = _relative(r, root)
+            _save(args.reports, r, f"block_{r['design']}_{preset_name}_{dev}")
+            block_results.append(r)
     board_results = []
     if args.boards:
         for board_name, preset_name in BOARD_PLAN:
@@ -235,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {"plan": [f"{p}@{d}" for p, d in plan], "seconds": round(time.monotonic() - start, 1),
                "blocks": block_results, "boards": board_results,
                "build_errors": build_errors,
+               "storage": {p: b.storage for p, b in builds.items()},
                "empty_memory_runs": [r for _, a, b in extra_pairs for r in (a, b)]}
     path = report.write_json(args.reports / "summary.json", runs, checks, summary)
     print(f"wrote {path}")

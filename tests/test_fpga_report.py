@@ -127,3 +127,20 @@ def test_render_only_rewrites_the_doc_from_a_summary(tmp_path, capsys):
     assert "FAILED: FitError" in text
     assert (tmp_path / "fpga_resources.png").stat().st_size > 1000
     assert cli.main(["fpga-report", "--render-only", "--reports", str(tmp_path / "none")]) == 2
+
+
+def test_block_checks_use_the_family_run_that_completed():
+    # 25k did not fit (synthesis only); the 85k run shares the synthesis and completed
+    sd25 = _run(status="failed")
+    sd25["blocks"] = BLOCKS
+    sd85 = _run(device="ecp5-85k", fmax=36.5)
+    for r in (sd25, sd85):
+        r["family"] = "ecp5"
+    pairs = [("default", sd25, _run(status="failed", kind="dense")),
+             ("default", sd85, _run(device="ecp5-85k", kind="dense"))]
+    checks = checks_for(pairs, {})
+    fmax, dsp, ratio = checks[0], checks[1], checks[2]
+    assert fmax.value is None and "FitError" in fmax.detail and "ecp5-85k: 36.5 MHz" in fmax.detail
+    assert dsp.value == 0 and "ecp5-85k" in dsp.detail
+    assert ratio.value == pytest.approx(0.75)
+    assert checks[3].status == "FAILED (no result)"      # no build storage given
