@@ -59,7 +59,7 @@ class Reg(enum.IntEnum):
     CYCLES_HI = 0x14
     ERR_COUNT = 0x18     #: RO  runs ended by an error since reset / CLEAR_COUNTERS
     WATCHDOG = 0x1C      #: RW  cycles without progress before a WATCHDOG error (0: off)
-    CONFIG_ID = 0x20     #: RO  low 32 bits of SDConfig.fingerprint()
+    CONFIG_ID = 0x20     #: RO  first 8 hex digits of SDConfig.fingerprint() (its high 32 bits)
     PARAMS0 = 0x24       #: RO  S | lanes << 8 | act_bits << 16 | terms << 24
     PARAMS1 = 0x28       #: RO  max_layers | DESC_SLOT_WORDS << 8 | fields << 16
     STREAM_ERR = 0x2C    #: RO  `StreamError` of the first bad frame
