@@ -135,6 +135,17 @@ class SDLayer(nn.Module):
         return self.weight_from(self.coefficients(), fake_quant_basis(self.B, self.config))
 
     # ------------------------------------------------------------ conversion
+    def _fill_from_dense(self, layer: nn.Module, name: str, decompose_options: dict):
+        """Decompose a dense twin's weight into this layer and copy its bias."""
+        self._sd_name = name
+        sdw = decompose(layer.weight, self.config, name=name, **decompose_options)
+        self.load_sdweight(sdw)
+        self.decompose_info = dict(sdw.extra)
+        if layer.bias is not None:
+            with torch.no_grad():
+                self.bias.copy_(layer.bias)
+        return self.to(layer.weight.device)
+
     @torch.no_grad()
     def load_sdweight(self, sdw: SDWeight) -> "SDLayer":
         """Take codes, basis and structure from an `SDWeight` of the same shape/config."""
@@ -241,14 +252,7 @@ class SDLinear(SDLayer):
             raise TypeError(f"{name}: expected nn.Linear, got {type(layer).__name__}")
         sd = cls(layer.in_features, layer.out_features, layer.bias is not None, config,
                  dtype=layer.weight.dtype, init=False)
-        sd._sd_name = name
-        sdw = decompose(layer.weight, sd.config, name=name, **decompose_options)
-        sd.load_sdweight(sdw)
-        sd.decompose_info = dict(sdw.extra)
-        if layer.bias is not None:
-            with torch.no_grad():
-                sd.bias.copy_(layer.bias)
-        return sd.to(layer.weight.device)
+        return sd._fill_from_dense(layer, name, decompose_options)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -304,14 +308,7 @@ class SDConv2d(SDLayer):
         sd = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                  layer.padding, layer.dilation, 1, layer.bias is not None, "zeros", config,
                  dtype=layer.weight.dtype, init=False)
-        sd._sd_name = name
-        sdw = decompose(layer.weight, sd.config, name=name, **decompose_options)
-        sd.load_sdweight(sdw)
-        sd.decompose_info = dict(sdw.extra)
-        if layer.bias is not None:
-            with torch.no_grad():
-                sd.bias.copy_(layer.bias)
-        return sd.to(layer.weight.device)
+        return sd._fill_from_dense(layer, name, decompose_options)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
