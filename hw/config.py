@@ -77,7 +77,7 @@ class SDConfig:
     """
 
     basis_size: int = 3
-    lanes: int = 8
+    lanes: int = 4
     terms: int = 1
     act_bits: int = 8
     basis_bits: int = 8
@@ -91,7 +91,7 @@ class SDConfig:
     shift_bits: int = 6
     max_rows: int = 1024
     ce_word_bits: int | None = None
-    ce_depth: int = 1024
+    ce_depth: int = 4096
     basis_depth: int = 256
     quant_depth: int = 256
     act_depth: int = 4096
