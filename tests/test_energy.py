@@ -79,7 +79,7 @@ def test_network_sum_and_width_mismatch():
 
 
 def test_rtl_counters_map_to_events_with_config_widths():
-    cfg = SDConfig()                     # 8 lanes, S = 3, one term
+    cfg = SDConfig(lanes=8)              # 8 lanes, S = 3, one term
     rtl = {"weight_reads": 10, "basis_reads": 4, "quant_reads": 2, "act_reads": 30,
            "act_writes": 5, "rows": 7, "mac_ops": 100, "results": 3, "stalls": 9}
     sd = counts_from_rtl(rtl, cfg, "sd", name="fc")
