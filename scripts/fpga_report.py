@@ -13,8 +13,9 @@ baseline, and writes
 It also measures every registered block alone (``--no-blocks`` skips it) and places and
 routes the board wrappers (ULX3S, iCEBreaker) with their pin constraints (``--no-boards``);
 ``--quick`` does neither and measures fewer presets.  A run that fails is reported as
-failed with its error, never with figures.  A full run takes 1-2 hours on two cores
-(YoWASP tools; place-and-route of the default preset is about 10-15 min per design).
+failed with its error, never with figures.  Independent tool runs go to ``--jobs``
+worker processes (YoWASP's nextpnr is single-threaded); each design's synthesis is shared
+by the devices of its family.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--doc", type=Path, default=Path("docs/fpga.md"),
                         help="markdown report (default: %(default)s); its plot goes next to it")
     parser.add_argument("--no-doc", action="store_true", help="write only the JSON reports")
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                        help="independent tool runs in parallel (default: the number of CPUs, "
+                             "at most 4, here %(default)s); each nextpnr run is single-threaded")
     parser.add_argument("--render-only", action="store_true",
                         help="run no tool: rewrite the markdown report and plot from "
                              "<reports>/summary.json of an earlier run")
@@ -145,13 +149,72 @@ def _render_only(args) -> int:
     return 0
 
 
+def _measure_group(preset_name: str, kind: str, devices: tuple, built, work: Path,
+                   build_error: str = "") -> list:
+    """One design of a preset on each of ``devices``, sharing its synthesis.
+
+    Returns one ``(run, empty_memory_run)`` per device; ``empty_memory_run`` is None
+    unless the bundled network does not fit the preset (``built`` is None), in which
+    case ``run`` is recorded as failed and the same RTL with empty memories is measured.
+    """
+    from tqdm import tqdm
+
+    from fpga.flow import run_flow
+    from fpga.measure import bare_design, design_of, failed_run
+
+    cache: dict = {}
+    out = []
+    for dev in devices:
+        if built is not None:
+            r = run_flow(design_of(built, kind), dev, work / preset_name / dev / kind,
+                         log=tqdm.write, synth_cache=cache)
+            r["preset"], r["kind"], r["label"] = preset_name, kind, preset_name
+            out.append((r, None))
+            continue
+        r = failed_run(preset_name, dev, kind,
+                       f"bundled network does not fit the preset: {build_error}")
+        label = f"{preset_name} (memories empty)"
+        rb = run_flow(bare_design(preset_name, kind, work / "bare" / preset_name / kind), dev,
+                      work / f"{preset_name}_bare" / dev / kind, log=tqdm.write,
+                      synth_cache=cache)
+        rb["preset"], rb["kind"], rb["label"] = preset_name, kind, label
+        out.append((r, rb))
+    return out
+
+
+def _run_tasks(tasks: dict, jobs: int, desc: str) -> dict:
+    """Run ``{key: (function, *args)}``; ``jobs`` > 1 runs them in worker processes.
+
+    The tools are single-threaded, so independent runs in parallel use the machine's
+    cores; results come back by key whatever the completion order.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc=desc, unit="task")
+    done = {}
+    if jobs == 1:
+        for key, (fn, *fargs) in tasks.items():
+            bar.set_postfix_str(" ".join(map(str, key)))
+            done[key] = fn(*fargs)
+            bar.update(1)
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(fn, *fargs): key for key, (fn, *fargs) in tasks.items()}
+            for fut in as_completed(futures):
+                done[futures[fut]] = fut.result()
+                bar.set_postfix_str("done: " + " ".join(map(str, futures[fut])))
+                bar.update(1)
+    bar.close()
+    return done
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fpga import report
     from fpga.devices import DEVICES
-    from fpga.measure import (board_run, block_runs, build_for, checks_for, design_of,
-                              TopUnavailable)
+    from fpga.measure import board_run, block_runs, build_for, checks_for, TopUnavailable
     from fpga.tools import ToolchainError, check_toolchain
 
     if args.render_only:
@@ -159,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.blocks = args.boards = False
     try:
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
         plan = _plan(args)
         for family in sorted({d.split("-")[0] for _, d in plan}):
             check_toolchain(family)
@@ -169,75 +234,71 @@ def run(args: argparse.Namespace) -> int:
     root = Path.cwd().resolve()
     work = args.workdir.resolve()
     start = time.monotonic()
-    pairs, runs, extra_pairs = [], [], []
-    bar = tqdm(total=2 * len(plan) + (len(BOARD_PLAN) if args.boards else 0),
-               desc="fpga-report", unit="run")
     builds: dict = {}
     build_errors: dict = {}
-    cache: dict = {}     # synthesis is per family: ECP5 25k and 85k share it
-    from fpga.flow import run_flow
-    from fpga.measure import bare_design, failed_run
+    for preset_name in dict.fromkeys(p for p, _ in plan):
+        try:
+            builds[preset_name] = build_for(preset_name, work / "verilog" / preset_name)
+        except TopUnavailable as exc:
+            print(f"smartdeal fpga-report: error: {exc}", file=sys.stderr)
+            return 2
+        except ValueError as exc:   # the bundled network does not fit the preset
+            build_errors[preset_name] = str(exc)
+            tqdm.write(f"preset {preset_name}: FAILED to build with the bundled network: {exc}")
 
-    def measure(design, preset_name, dev, kind, label, tag):
-        bar.set_postfix_str(f"{kind} {label} @ {dev}")
-        r = run_flow(design, dev, work / tag / dev / kind, log=tqdm.write, synth_cache=cache)
-        r["preset"], r["kind"], r["label"] = preset_name, kind, label
-        return r
-
-    for preset_name, dev in plan:
-        if preset_name not in builds and preset_name not in build_errors:
-            try:
-                builds[preset_name] = build_for(preset_name, work / "verilog" / preset_name)
-            except TopUnavailable as exc:
-                print(f"smartdeal fpga-report: error: {exc}", file=sys.stderr)
-                return 2
-            except ValueError as exc:   # the bundled network does not fit the preset
-                build_errors[preset_name] = str(exc)
-                tqdm.write(f"preset {preset_name}: FAILED to build with the bundled network: {exc}")
-        pair, bare = [], []
+    # Independent tool runs, grouped so that each group shares one synthesis (ECP5 25k
+    # and 85k of one design): one group per (preset, design); blocks alone; each board.
+    tasks: dict[tuple, tuple] = {}
+    for preset_name in dict.fromkeys(p for p, _ in plan):
+        devs = tuple(d for p, d in plan if p == preset_name)
         for kind in ("sd", "dense"):
-            if preset_name in builds:
-                r = measure(design_of(builds[preset_name], kind), preset_name, dev, kind,
-                            preset_name, preset_name)
-            else:
-                r = failed_run(preset_name, dev, kind, "bundled network does not fit the "
-                               f"preset: {build_errors[preset_name]}")
-                # Resources of the same RTL with empty memories show how far it is from
-                # fitting; reported separately, never as the with-weights result.
-                rb = measure(bare_design(preset_name, kind, work / "bare" / preset_name / kind),
-                             preset_name, dev, kind, f"{preset_name} (memories empty)",
-                             f"{preset_name}_bare")
-                rb = _relative(rb, root)
-                _save(args.reports, rb, f"{preset_name}_{dev}_{kind}_empty")
-                bare.append(rb)
-            r = _relative(r, root)
-            _save(args.reports, r, f"{preset_name}_{dev}_{kind}")
-            runs.append(r)
-            pair.append(r)
-            bar.update(1)
-        pairs.append((preset_name, pair[0], pair[1]))
-        if bare:
-            extra_pairs.append((f"{preset_name} (memories empty)", bare[0], bare[1]))
-    block_results = []
+            tasks[("pair", preset_name, kind)] = (
+                _measure_group, preset_name, kind, devs, builds.get(preset_name), work,
+                build_errors.get(preset_name, ""))
     if args.blocks:
         # Blocks alone on the largest ECP5 part of the plan, so that each one fits.
         preset_name, dev = plan[0]
         ecp5 = [d for p, d in plan if p == preset_name and d.startswith("ecp5")]
         dev = max(ecp5, key=lambda d: DEVICES[d].capacity["lut"]) if ecp5 else dev
-        for r in block_runs(preset_name, dev, work / "blocks", log=tqdm.write):
+        tasks[("blocks",)] = (block_runs, preset_name, dev, work / "blocks")
+    if args.boards:
+        for board_name, preset_name in BOARD_PLAN:
+            tasks[("board", board_name)] = (board_run, board_name, preset_name, work / "boards",
+                                            None, builds.get(preset_name))
+    jobs = max(1, min(args.jobs, len(tasks)))
+    done = _run_tasks(tasks, jobs, desc=f"fpga-report ({jobs} job{'s' if jobs > 1 else ''})")
+
+    pairs, runs, extra_pairs = [], [], []
+    for preset_name in dict.fromkeys(p for p, _ in plan):
+        got = {kind: done[("pair", preset_name, kind)] for kind in ("sd", "dense")}
+        for i, dev in enumerate(d for p, d in plan if p == preset_name):
+            pair, bare = [], []
+            for kind in ("sd", "dense"):
+                r, rb = got[kind][i]
+                if rb is not None:
+                    rb = _relative(rb, root)
+                    _save(args.reports, rb, f"{preset_name}_{dev}_{kind}_empty")
+                    bare.append(rb)
+                r = _relative(r, root)
+                _save(args.reports, r, f"{preset_name}_{dev}_{kind}")
+                runs.append(r)
+                pair.append(r)
+            pairs.append((preset_name, pair[0], pair[1]))
+            if bare:
+                extra_pairs.append((f"{preset_name} (memories empty)", bare[0], bare[1]))
+    block_results = []
+    if args.blocks:
+        preset_name, dev = tasks[("blocks",)][1:3]
+        for r in done[("blocks",)]:
             r = _relative(r, root)
             _save(args.reports, r, f"block_{r['design']}_{preset_name}_{dev}")
             block_results.append(r)
     board_results = []
     if args.boards:
         for board_name, preset_name in BOARD_PLAN:
-            bar.set_postfix_str(f"board {board_name}")
-            r = _relative(board_run(board_name, preset_name, work / "boards", log=tqdm.write,
-                                    built=builds.get(preset_name)), root)
+            r = _relative(done[("board", board_name)], root)
             _save(args.reports, r, f"board_{board_name}_{preset_name}")
             board_results.append(r)
-            bar.update(1)
-    bar.close()
 
     checks = checks_for(pairs, builds)
     summary = {"plan": [f"{p}@{d}" for p, d in plan], "seconds": round(time.monotonic() - start, 1),

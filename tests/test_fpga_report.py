@@ -144,3 +144,41 @@ def test_block_checks_use_the_family_run_that_completed():
     assert dsp.value == 0 and "ecp5-85k" in dsp.detail
     assert ratio.value == pytest.approx(0.75)
     assert checks[3].status == "FAILED (no result)"      # no build storage given
+
+
+def _fake_flow(design, dev, workdir, **kwargs):
+    """Stand-in for `fpga.flow.run_flow`: a result naming what it was asked to build."""
+    return {"design": design, "device": dev, "status": "ok", "fmax_mhz": 100.0,
+            "workdir": str(workdir)}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_command_runs_the_plan_in_parallel_and_keeps_its_order(tmp_path, monkeypatch, jobs):
+    """--jobs N: runs go to worker processes, reports come back in plan order."""
+    import types
+
+    import fpga.flow
+    import fpga.measure
+
+    monkeypatch.setattr(fpga.flow, "run_flow", _fake_flow)
+    monkeypatch.setattr(fpga.measure, "design_of", lambda built, kind: f"{built.name}:{kind}")
+    monkeypatch.setattr(fpga.measure, "build_for",
+                        lambda name, out: types.SimpleNamespace(name=name, storage={}))
+    monkeypatch.setattr(fpga.measure, "checks_for", lambda pairs, builds: [])
+    monkeypatch.setattr(tools, "check_toolchain", lambda family: None)
+    reports = tmp_path / "reports"
+    assert cli.main(["fpga-report", "--preset", "default", "--device", "ecp5-25k",
+                     "--device", "ecp5-85k", "--no-blocks", "--no-boards", "--no-doc",
+                     "--jobs", str(jobs), "--workdir", str(tmp_path / "w"),
+                     "--reports", str(reports)]) == 0
+    import json
+    runs = json.loads((reports / "summary.json").read_text())["runs"]
+    assert [(r["design"], r["device"], r["kind"]) for r in runs] == [
+        ("default:sd", "ecp5-25k", "sd"), ("default:dense", "ecp5-25k", "dense"),
+        ("default:sd", "ecp5-85k", "sd"), ("default:dense", "ecp5-85k", "dense")]
+    assert (reports / "default_ecp5-85k_dense.json").exists()
+
+
+def test_command_refuses_zero_jobs(capsys, tmp_path):
+    assert cli.main(["fpga-report", "--jobs", "0", "--reports", str(tmp_path)]) == 2
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
