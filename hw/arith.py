@@ -1,68 +1,75 @@
-"""Exact integer division without a divider: multiply by a reciprocal and shift.
+"""Multiplier-free integer helpers of the address generators.
 
-The address generators of the accelerator split indices (a coefficient row into input
-channel / kernel row / kernel column, a flat element index into activation word and
-lane) by divisors that are either constants of the configuration (``S``, ``lanes``) or
-per-layer values written by the host.  Both use the same exact identity: for
-``0 <= x < 2**n`` and ``1 <= d <= 2**n``,
+The accelerator's DSP blocks belong to the MAC lanes (an ECP5-25k has 28 and the default
+preset's lanes use 20), so every address generator avoids ``*`` on run-time values:
 
-    x // d == (x * M) >> (2 * n)    with    M = ceil(2**(2n) / d)
-
-because ``M * d - 2**(2n) = e < d`` and ``x * e < 2**(2n)``, so the error term stays below
-``1 / d`` (see `magic`).  The host computes ``M`` for the per-layer divisors
-(`magic`), the hardware only multiplies.
+* a constant factor becomes a sum of shifted copies (`mul_const`), which synthesis
+  keeps in LUT carry chains instead of mapping it to a DSP block;
+* a split of an index by run-time divisors is a restoring long division, one quotient
+  bit per pipeline stage (`div_step`); the stage that finds a quotient bit also adds
+  the matching shifted copy of an address stride, so ``quotient * stride`` costs no
+  multiplier either (``hw/sequencer.py`` `RowAddress`);
+* walks over positions and elements use incremental and mixed-radix counters
+  (`mixed_add`) whose digit steps the host precomputes (``hw/program.py``).
 """
 
 from __future__ import annotations
 
-from amaranth import Signal, unsigned
+from amaranth import Mux, unsigned
+from amaranth.hdl import Value
 
-__all__ = ["magic", "magic_bits", "div_const", "divmod_const", "div_magic"]
-
-
-def magic_bits(n: int) -> int:
-    """Width of the reciprocal ``M`` for dividends of ``n`` bits (``d = 1`` needs ``2n+1``)."""
-    return 2 * n + 1
+__all__ = ["mul_const", "div_step", "mixed_add", "mixed_layout"]
 
 
-def magic(d: int, n: int) -> int:
-    """Reciprocal ``M = ceil(2**(2n) / d)`` so that ``x // d == (x * M) >> 2n`` for ``x < 2**n``.
+def mul_const(x, c: int) -> Value:
+    """``x * c`` for a non-negative Python constant ``c``, as shifts and adds (no ``$mul``).
 
     Raises
     ------
     ValueError
-        If ``d`` is not in ``[1, 2**n]``.
+        If ``c`` is negative or not an int.
     """
-    if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= (1 << n):
-        raise ValueError(f"divisor must be an int in [1, 2**{n}], got {d!r}")
-    return -(-(1 << (2 * n)) // d)
+    if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+        raise ValueError(f"constant factor must be a non-negative int, got {c!r}")
+    terms = [x << k for k in range(c.bit_length()) if (c >> k) & 1]
+    if not terms:
+        return x & 0
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
 
 
-def div_magic(m, x, reciprocal, n: int, name: str):
-    """``x // d`` for ``x`` of ``n`` bits, ``reciprocal = magic(d, n)`` a signal (comb)."""
-    q = Signal(unsigned(n), name=name)
-    m.d.comb += q.eq((x * reciprocal) >> (2 * n))
-    return q
+def div_step(rem, divisor, k: int):
+    """One restoring-division step: ``(bit, new_rem)`` with ``bit = rem >= divisor << k``.
+
+    ``new_rem`` is ``rem - (divisor << k)`` when ``bit`` is set, else ``rem``; its width is
+    that of ``rem``.  Steps for ``k = q - 1 ... 0`` give ``rem // divisor`` bit by bit when
+    the quotient is below ``2 ** q``.
+    """
+    shifted = divisor << k
+    bit = rem >= shifted
+    return bit, Mux(bit, rem - shifted, rem)[:len(rem)]
 
 
-def div_const(m, x, d: int, n: int, name: str):
-    """``x // d`` for an unsigned ``x`` of ``n`` bits and a Python constant ``d`` (comb)."""
-    if d < 1:
-        raise ValueError(f"divisor must be >= 1, got {d!r}")
-    q = Signal(unsigned(max(1, n)), name=name)
-    if d & (d - 1) == 0:                      # power of two: a slice
-        m.d.comb += q.eq(x >> (d.bit_length() - 1))
-    else:
-        m.d.comb += q.eq((x * magic(d, n)) >> (2 * n))
-    return q
+def mixed_layout(q_bits: int, lane_bits: int, s_bits: int):
+    """Digits of ``x = (q * lanes + l) * S + s``: the scatter element counters."""
+    from amaranth.lib import data
+    return data.StructLayout({"q": unsigned(q_bits), "l": unsigned(lane_bits),
+                              "s": unsigned(s_bits)})
 
 
-def divmod_const(m, x, d: int, n: int, name: str):
-    """``(x // d, x % d)`` for an unsigned ``x`` of ``n`` bits and a constant ``d`` (comb)."""
-    q = div_const(m, x, d, n, name + "_q")
-    r = Signal(unsigned(max(1, (d - 1).bit_length())), name=name + "_r")
-    if d & (d - 1) == 0:
-        m.d.comb += r.eq(x & (d - 1))
-    else:
-        m.d.comb += r.eq(x - q * d)
-    return q, r
+def mixed_add(a, dq, dl, ds, lanes: int, S: int):
+    """Digits of ``a + (dq * lanes + dl) * S + ds`` for digit values ``dl < lanes``, ``ds < S``.
+
+    ``a`` is a `mixed_layout` view; the result is a tuple ``(q, l, s)`` of values (carry
+    between digits by one compare each, no division).
+    """
+    s_sum = a.s + ds
+    c1 = s_sum >= S
+    s_new = Mux(c1, s_sum - S, s_sum)
+    l_sum = a.l + dl + c1
+    c2 = l_sum >= lanes
+    l_new = Mux(c2, l_sum - lanes, l_sum)
+    q_new = a.q + dq + c2
+    return q_new, l_new, s_new

@@ -23,10 +23,11 @@ Memories live outside (`hw.top`), so the datapath can be reset by the controller
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith import mul_const
 from hw.basis_array import BasisArray
 from hw.config import SDConfig
 from hw.controller import CtrlError
@@ -128,7 +129,7 @@ class LayerDatapath(wiring.Component):
         m.submodules.seq = seq = RowSequencer(cfg, wbits)
         m.submodules.mac = mac = MacLanes(cfg, wbits)
         m.submodules.writer = writer = ResultWriter(cfg, self.result_fifo)
-        info_depth = self.row_fifo + RowAddress.LATENCY + 8
+        info_depth = self.row_fifo + ra.latency + 8
         m.submodules.info_fifo = info_fifo = fifo.SyncFIFO(
             width=row_info_layout(cfg).size, depth=info_depth)
 
@@ -181,12 +182,25 @@ class LayerDatapath(wiring.Component):
             drop_first = Signal()
             m.d.comb += preload.eq(self.w_start & ((dw.FLAGS & FLAG_PRELOAD) != 0))
             req = Signal(basis_request_layout(cfg))
+            # Basis address BASIS_BASE + (group * N_BLOCKS + block) * lanes without a
+            # multiplier: every group emits at least one row (an empty group one empty
+            # row) and its first row starts a block, so groups arrive in order 0, 1, ...
+            # (once per position tile) and the group's base address steps by
+            # BASIS_GSTEP at each group change.
+            gbase = Signal(cfg.basis_depth.bit_length() + 1)
+            last_group = Signal(cfg.group_bits)
+            step = Signal()
+            m.d.comb += step.eq(src.payload.group != last_group)
+            this_base = Signal(len(gbase))
+            m.d.comb += this_base.eq(Mux(src.payload.group == 0, dw.BASIS_BASE,
+                                         Mux(step, gbase + dw.BASIS_GSTEP, gbase)))
+            with m.If(xfer & need_req):
+                m.d.sync += [gbase.eq(this_base), last_group.eq(src.payload.group)]
             with m.If(preload):
                 m.d.comb += [req.addr.eq(dw.BASIS_BASE), qf.w_data.eq(req), qf.w_en.eq(1)]
                 m.d.sync += drop_first.eq(1)
             with m.Else():
-                m.d.comb += [req.addr.eq(dw.BASIS_BASE + (src.payload.group * dw.N_BLOCKS
-                                                          + src.payload.block) * cfg.lanes),
+                m.d.comb += [req.addr.eq(this_base + mul_const(src.payload.block, cfg.lanes)),
                              qf.w_data.eq(req), qf.w_en.eq(xfer & need_req & ~drop_first)]
                 with m.If(xfer & need_req):
                     m.d.sync += drop_first.eq(0)

@@ -3,9 +3,10 @@
 A descriptor is a slot of `DESC_SLOT_WORDS` 32-bit words in the descriptor RAM; field
 ``k`` of `FIELDS` lives in word ``k`` of the slot (one field per word keeps the register
 map readable and lets the host write a field alone).  The host (``hw/program.py``)
-computes every field, including the derived ones (reciprocals for the row split,
-strides split into quotient and remainder by ``S``, starting offsets of padded windows),
-so the hardware needs no divider and no multiplier beyond the row-address unit.
+computes every field, including the derived ones (divisors and limits for the row
+split, strides split into quotient and remainder by ``S``, starting offsets of padded
+windows, digit steps of the scatter counters), so the hardware needs no divider and no
+multiplier outside the MAC lanes (``hw/arith.py``).
 
 `descriptor_layout` gives the `StructLayout` the hardware holds a loaded descriptor in;
 field widths come from `SDConfig` through `field_widths`.
@@ -19,7 +20,6 @@ from functools import lru_cache
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-from hw.arith import magic_bits
 from hw.config import SDConfig
 from hw.memories import addr_bits
 
@@ -59,8 +59,8 @@ FIELDS: tuple[tuple[str, bool, str], ...] = (
     ("IN_CGP", False, "bank words per input channel group = IN_H * IN_WQ"),
     ("KWS", False, "kernel width / S"),
     ("RPC", False, "rows per input channel = kh * KWS"),
-    ("DIV_RPC", False, "reciprocal of RPC (hw/arith.py magic)"),
-    ("DIV_KWS", False, "reciprocal of KWS"),
+    ("RPC_L", False, "rows per input channel group = RPC * lanes"),
+    ("LAST_ROW", False, "first row of the last input channel = (CIN - 1) * RPC"),
     ("STRIDE_X", False, "horizontal stride"),
     ("STRIDE_Q", False, "STRIDE_X // S"),
     ("STRIDE_M", False, "STRIDE_X % S"),
@@ -82,6 +82,13 @@ FIELDS: tuple[tuple[str, bool, str], ...] = (
     ("TILE", False, "positions per tile = min(acc_depth, BATCH * OUT_H * OUT_W)"),
     ("N_TILES", False, "number of position tiles"),
     ("LAST_TILE", False, "positions in the last tile"),
+    ("BASIS_GSTEP", False, "basis words per group = N_BLOCKS * lanes"),
+    ("HW_Q", False, "OUT_HW // (S * lanes) (scatter: digits of one channel step)"),
+    ("HW_L", False, "(OUT_HW // S) % lanes"),
+    ("HW_S", False, "OUT_HW % S"),
+    ("GHW_Q", False, "digits of one group step lanes * OUT_HW: (lanes * OUT_HW) // (S * lanes)"),
+    ("GHW_L", False, "((lanes * OUT_HW) // S) % lanes"),
+    ("GHW_S", False, "(lanes * OUT_HW) % S"),
 )
 
 FIELD_INDEX: dict[str, int] = {name: i for i, (name, _, _) in enumerate(FIELDS)}
@@ -108,7 +115,6 @@ class Geometry:
     act: int       #: activation bank address bits
     dim: int       #: image dimensions and element counts
     row: int       #: row index / count
-    recip: int     #: reciprocal width (hw/arith.py)
     s_bits: int    #: 0 ... S - 1
     tile: int      #: 0 ... acc_depth
 
@@ -120,7 +126,7 @@ def geometry(config: SDConfig) -> Geometry:
     return Geometry(
         ce=addr_bits(config.ce_depth), basis=addr_bits(config.basis_depth),
         quant=addr_bits(config.quant_depth), act=addr_bits(act_bank_depth(config)),
-        dim=_bits(elements), row=config.row_bits, recip=magic_bits(config.row_bits),
+        dim=_bits(elements), row=config.row_bits,
         s_bits=_bits(config.basis_size - 1), tile=_bits(config.acc_depth))
 
 
@@ -140,13 +146,15 @@ def field_widths(config: SDConfig) -> dict[str, tuple[int, bool]]:
         "QUANT_BASE": g.quant, "N_GROUPS": config.group_bits, "N_ROWS": g.row,
         "N_BLOCKS": config.block_bits + 1, "COUT": _bits(config.quant_depth), "CIN": g.row,
         "IN_H": g.dim, "IN_W": g.dim, "IN_WLAST": g.dim, "IN_WQ": a1, "IN_BASE": g.act,
-        "IN_PITCH": a1, "IN_CGP": a1, "KWS": g.row, "RPC": g.row, "DIV_RPC": g.recip,
-        "DIV_KWS": g.recip, "STRIDE_X": g.dim, "STRIDE_Q": g.dim, "STRIDE_M": g.s_bits,
+        "IN_PITCH": a1, "IN_CGP": a1, "KWS": g.row, "RPC": g.row,
+        "RPC_L": _bits(config.max_rows * config.lanes), "LAST_ROW": g.row, "STRIDE_X": g.dim, "STRIDE_Q": g.dim, "STRIDE_M": g.s_bits,
         "STRIDE_Y": g.dim, "NEG_PAD_X": g.dim + 1, "PAD_Q": g.dim + 1, "PAD_M": g.s_bits,
         "NEG_PAD_Y": g.dim + 1, "LINE0": a1 + g.dim,
         "LINE_STEP": a1, "OUT_H": g.dim, "OUT_W": g.dim, "BATCH": g.dim, "OUT_BASE": g.act,
         "OUT_PITCH": a1, "OUT_WQ": a1, "OUT_CGP": a1, "OUT_HW": g.dim,
         "TILE": g.tile, "N_TILES": g.dim, "LAST_TILE": g.tile,
+        "BASIS_GSTEP": g.basis + 1, "HW_Q": g.dim, "HW_L": config.lane_bits,
+        "HW_S": g.s_bits, "GHW_Q": g.dim, "GHW_L": config.lane_bits, "GHW_S": g.s_bits,
     }
     out = {}
     for name, is_signed, _ in FIELDS:

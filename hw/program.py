@@ -24,7 +24,6 @@ from typing import Sequence
 
 import numpy as np
 
-from hw.arith import magic
 from hw.config import SDConfig
 from hw.descriptor import (DESC_SLOT_WORDS, FIELDS, FLAG_PRELOAD, FLAG_RELU, FLAG_SCATTER,
                            act_bank_depth, encode_field)
@@ -381,7 +380,7 @@ def compile_network(layers: Sequence[LayerSpec], config: SDConfig, batch: int = 
             COUT=spec.cout, CIN=gf["CIN"], IN_H=gf["IN_H"], IN_W=gf["IN_W"],
             IN_WLAST=gf["IN_WLAST"], IN_WQ=gf["IN_WQ"], IN_BASE=inp.base,
             IN_PITCH=inp.pitch, IN_CGP=gf["IN_CGP"], KWS=gf["KWS"], RPC=gf["RPC"],
-            DIV_RPC=magic(gf["RPC"], cfg.row_bits), DIV_KWS=magic(gf["KWS"], cfg.row_bits),
+            RPC_L=gf["RPC"] * L, LAST_ROW=(gf["CIN"] - 1) * gf["RPC"],
             STRIDE_X=gf["STRIDE_X"], STRIDE_Q=gf["STRIDE_X"] // S,
             STRIDE_M=gf["STRIDE_X"] % S, STRIDE_Y=gf["STRIDE_Y"],
             NEG_PAD_X=-px, PAD_Q=(-px) // S, PAD_M=(-px) % S, NEG_PAD_Y=-py,
@@ -389,6 +388,10 @@ def compile_network(layers: Sequence[LayerSpec], config: SDConfig, batch: int = 
             OUT_H=ho, OUT_W=wo, BATCH=batch, OUT_BASE=out.base, OUT_PITCH=out.pitch,
             OUT_WQ=out_wq, OUT_CGP=ho * out_wq, OUT_HW=ho * wo,
             TILE=tile, N_TILES=n_tiles, LAST_TILE=positions - (n_tiles - 1) * tile,
+            BASIS_GSTEP=(_ceil(r, cfg.block_rows) if kind == "sd" else 1) * L,
+            # Scatter counters add these digit steps (element f = (q*L + l)*S + s).
+            HW_Q=ho * wo // (S * L), HW_L=(ho * wo // S) % L, HW_S=ho * wo % S,
+            GHW_Q=L * ho * wo // (S * L), GHW_L=(L * ho * wo // S) % L, GHW_S=L * ho * wo % S,
         )
         for name, value in fields.items():
             try:

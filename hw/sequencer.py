@@ -13,8 +13,8 @@ With ``kw`` a multiple of ``S`` a weight row covers ``S`` consecutive ``x`` of o
 ``(cin, ky)``, which sit in ``S`` different banks, so a window row is one read of every
 bank.  A fully connected layer reads its input as ``R`` channels of one ``1 x S`` line.
 
-`RowAddress` splits a row index into ``(cin, ky, kx)`` with reciprocals supplied by the
-host (``hw/arith.py``), pipelined, one row per cycle.  `RowSequencer` pairs its output
+`RowAddress` splits a row index into ``(channel group, lane, ky, kx)`` by pipelined long
+division (``hw/arith.py``; no multiplier), one row per cycle.  `RowSequencer` pairs its output
 with the weight rows, walks the positions with incremental counters (no multiplier per
 position) and restarts them from the tile's first position for every row.
 """
@@ -25,7 +25,7 @@ from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import div_magic, divmod_const
+from hw.arith import div_step, mul_const
 from hw.config import SDConfig
 from hw.descriptor import descriptor_layout, geometry
 from hw.layouts import mac_op_layout, quant_layout, row_tag_fields, weights_row_layout
@@ -51,11 +51,18 @@ def row_info_layout(config: SDConfig) -> data.StructLayout:
 
 
 class RowAddress(wiring.Component):
-    """Row index -> window addressing facts, pipelined (`LATENCY` cycles, 1 row/cycle).
+    """Row index -> window addressing facts, pipelined (`latency` cycles, 1 row/cycle).
 
-    ``cin = r // RPC``, ``rem = r % RPC``, ``ky = rem // KWS``, ``kxs = rem % KWS``;
-    ``row_off = (cin // lanes) * IN_CGP + ky * IN_WQ + kxs``, ``lane = cin % lanes``,
-    ``kx0 = kxs * S`` and ``wlim`` = ``IN_WLAST`` for the last channel, else ``IN_W``.
+    ``cg = r // RPC_L``, ``lane = (r % RPC_L) // RPC``, ``ky = (r % RPC) // KWS``,
+    ``kxs = r % RPC % KWS`` (``RPC_L = RPC * lanes``), so that
+    ``row_off = cg * IN_CGP + ky * IN_WQ + kxs``, ``kx0 = kxs * S`` and ``wlim`` =
+    ``IN_WLAST`` for the last channel (``r >= LAST_ROW``), else ``IN_W``.
+
+    No multiplier: each quotient is a restoring long division with one quotient bit per
+    stage, and the stage that sets bit ``k`` of ``cg`` (of ``ky``) adds ``IN_CGP << k``
+    (``IN_WQ << k``) to ``row_off``.  The stage counts follow from ``max_rows`` and
+    ``lanes`` (`stages`); the extra latency is paid once per run (the weight side runs
+    ahead of the activation side).
 
     Attributes
     ----------
@@ -64,18 +71,31 @@ class RowAddress(wiring.Component):
     info : Out(stream.Signature(row_info_layout(config)))
     idle : Out(1)
         No row in the pipeline.
+    latency : int
+        Cycles from a row's transfer on ``rows`` to its ``info`` (without stalls).
     """
-
-    LATENCY = 4
 
     def __init__(self, config: SDConfig):
         self.config = config
+        self.latency = len(self.stages(config)) + 1
         super().__init__({
             "desc": In(descriptor_layout(config)),
             "rows": In(stream.Signature(row_ref_layout(config))),
             "info": Out(stream.Signature(row_info_layout(config))),
             "idle": Out(1),
         })
+
+    @staticmethod
+    def stages(config: SDConfig) -> list[tuple[str, int]]:
+        """Division steps in pipeline order: ``(quotient, bit)`` per stage.
+
+        ``cg < max_rows / lanes`` (``RPC >= 1``), ``lane < lanes``, ``ky < max_rows``.
+        """
+        top = config.max_rows - 1
+        out = [("cg", k) for k in reversed(range(max(1, top // config.lanes).bit_length()))]
+        out += [("lane", k) for k in reversed(range((config.lanes - 1).bit_length()))]
+        out += [("ky", k) for k in reversed(range(max(1, top).bit_length()))]
+        return out
 
     def elaborate(self, platform):
         cfg, d = self.config, self.desc
@@ -85,46 +105,50 @@ class RowAddress(wiring.Component):
         adv = Signal()
         m.d.comb += [adv.eq(~self.info.valid | self.info.ready), self.rows.ready.eq(adv)]
 
-        def stage(name, **fields):
-            regs = {k: Signal(v, name=f"{name}_{k}") for k, v in fields.items()}
-            regs["valid"] = Signal(name=f"{name}_valid")
-            return regs
+        # one register set per stage: what the remaining steps and the output need
+        def regs(i):
+            return {"valid": Signal(name=f"s{i}_valid"), "rem": Signal(n, name=f"s{i}_rem"),
+                    "acc": Signal(unsigned(g.act + 2), name=f"s{i}_acc"),
+                    "lane": Signal(cfg.lane_bits, name=f"s{i}_lane"),
+                    "ky": Signal(n, name=f"s{i}_ky"),
+                    "last_c": Signal(name=f"s{i}_last_c")}
 
-        # stage 1: cin = r // RPC
-        s1 = stage("s1", r=unsigned(n), cin=unsigned(n))
-        cin = div_magic(m, self.rows.payload.row, d.DIV_RPC, n, "ra_cin")
-        with m.If(adv):
-            m.d.sync += [s1["valid"].eq(self.rows.valid), s1["r"].eq(self.rows.payload.row),
-                         s1["cin"].eq(cin)]
-        # stage 2: rem = r - cin * RPC
-        s2 = stage("s2", rem=unsigned(n), cin=unsigned(n))
-        with m.If(adv):
-            m.d.sync += [s2["valid"].eq(s1["valid"]), s2["cin"].eq(s1["cin"]),
-                         s2["rem"].eq(s1["r"] - s1["cin"] * d.RPC)]
-        # stage 3: ky = rem // KWS, channel group / lane
-        s3 = stage("s3", rem=unsigned(n), ky=unsigned(n), cg=unsigned(n),
-                   lane=unsigned(cfg.lane_bits), last_c=unsigned(1))
-        ky = div_magic(m, s2["rem"], d.DIV_KWS, n, "ra_ky")
-        cg, lane = divmod_const(m, s2["cin"], cfg.lanes, n, "ra_cg")
-        with m.If(adv):
-            m.d.sync += [s3["valid"].eq(s2["valid"]), s3["rem"].eq(s2["rem"]),
-                         s3["ky"].eq(ky), s3["cg"].eq(cg), s3["lane"].eq(lane),
-                         s3["last_c"].eq(s2["cin"] == d.CIN - 1)]
-        # stage 4 (output register): offsets
-        kxs = Signal(unsigned(n))
-        m.d.comb += kxs.eq(s3["rem"] - s3["ky"] * d.KWS)
+        prev = {"valid": self.rows.valid, "rem": self.rows.payload.row,
+                "acc": 0, "lane": 0, "ky": 0,
+                "last_c": self.rows.payload.row >= d.LAST_ROW}
+        stages = []
+        for i, (what, k) in enumerate(self.stages(cfg)):
+            cur = regs(i)
+            divisor = {"cg": d.RPC_L, "lane": d.RPC, "ky": d.KWS}[what]
+            bit, rem = div_step(prev["rem"], divisor, k)
+            nxt = dict(prev, rem=rem)
+            if what == "cg":
+                nxt["acc"] = Mux(bit, prev["acc"] + (d.IN_CGP << k), prev["acc"])
+            elif what == "lane":
+                nxt["lane"] = prev["lane"] | Mux(bit, 1 << k, 0)
+            else:
+                nxt["acc"] = Mux(bit, prev["acc"] + (d.IN_WQ << k), prev["acc"])
+                nxt["ky"] = prev["ky"] | Mux(bit, 1 << k, 0)
+            with m.If(adv):
+                m.d.sync += [cur[f].eq(nxt[f]) for f in cur]
+            stages.append(cur)
+            prev = cur
+
+        # output register: kxs is the final remainder
         out = self.info.payload
         with m.If(adv):
             m.d.sync += [
-                self.info.valid.eq(s3["valid"]),
-                out.row_off.eq(s3["cg"] * d.IN_CGP + s3["ky"] * d.IN_WQ + kxs),
-                out.lane.eq(s3["lane"]),
-                out.ky.eq(s3["ky"]),
-                out.kx0.eq(kxs * cfg.basis_size),
-                out.wlim.eq(Mux(s3["last_c"], d.IN_WLAST, d.IN_W)),
+                self.info.valid.eq(prev["valid"]),
+                out.row_off.eq(prev["acc"] + prev["rem"]),
+                out.lane.eq(prev["lane"]),
+                out.ky.eq(prev["ky"]),
+                out.kx0.eq(mul_const(prev["rem"], cfg.basis_size)),
+                out.wlim.eq(Mux(prev["last_c"], d.IN_WLAST, d.IN_W)),
             ]
-        m.d.comb += self.idle.eq(~s1["valid"] & ~s2["valid"] & ~s3["valid"]
-                                 & ~self.info.valid)
+        busy = self.info.valid
+        for st in stages:
+            busy = busy | st["valid"]
+        m.d.comb += self.idle.eq(~busy)
         return m
 
 

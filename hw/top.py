@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from amaranth import Cat, Module, ResetInserter, Signal
+from amaranth import Cat, Module, Mux, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -202,7 +202,8 @@ class AcceleratorTop(wiring.Component):
         n_ev = len(Counter)
         counters = [Signal(32, name=f"count_{c.name.lower()}") for c in Counter]
         incr = [dp.events[i] for i in range(8)]
-        incr[Counter.ACT_READS] = dp.events[Counter.ACT_READS] * S
+        # S bank words per read; a Mux, not a multiply (DSP blocks are for the MAC lanes)
+        incr[Counter.ACT_READS] = Mux(dp.events[Counter.ACT_READS], S, 0)
         stall = Signal()
         m.d.comb += stall.eq(~dp.events[Counter.MAC_OPS])
         incr.append(stall)

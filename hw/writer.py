@@ -11,7 +11,10 @@ group.  Two layouts (``docs/architecture.md``):
   of position ``p`` is element ``f = c*OUT_HW + p`` of the flattened output (PyTorch
   order), stored as the next layer reads its input — row ``f // S`` is channel
   ``f // S`` of a ``1 x S`` line: bank ``f % S``, address ``OUT_BASE + b*OUT_PITCH +
-  (f // S) // lanes``, lane ``(f // S) % lanes``.  One element per cycle.
+  (f // S) // lanes``, lane ``(f // S) % lanes``.  One element per cycle.  The writer
+  keeps ``f`` as its digits ``(q, l, s)`` with ``f = (q*lanes + l)*S + s`` and steps them
+  with mixed-radix adds of host-computed digit steps (``HW_*``, ``GHW_*``), so it needs
+  no divider and no multiplier.
 
 Position counters mirror the sequencer's, so the writer needs no address from the MAC
 lanes; it checks that the result's accumulator address is the one it expects and raises
@@ -24,7 +27,7 @@ from amaranth import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith import divmod_const
+from hw.arith import mixed_add, mixed_layout
 from hw.config import SDConfig
 from hw.descriptor import FLAG_SCATTER, descriptor_layout, geometry
 from hw.layouts import results_layout
@@ -92,7 +95,6 @@ class ResultWriter(wiring.Component):
             "b": unsigned(g.dim), "oy": unsigned(g.dim), "ox": unsigned(g.dim),
             "oxq": unsigned(g.dim), "oxm": unsigned(g.s_bits),
             "line": unsigned(a + g.dim), "img": unsigned(a + g.dim),
-            "pimg": unsigned(g.dim + 1),
         })
         cur, snap, nxt = Signal(pos), Signal(pos), Signal(pos)
         t = Signal(range(cfg.acc_depth + 1))
@@ -100,11 +102,17 @@ class ResultWriter(wiring.Component):
         tile_size = Signal(g.tile)
         group = Signal(cfg.group_bits)
         grp_off = Signal(a + g.dim)           # group * OUT_CGP
-        gbase = Signal(g.dim + cfg.lane_bits + 2)   # group * lanes * OUT_HW (scatter)
         cbase = Signal(range(cfg.quant_depth + L + 1))   # group * lanes
         running = Signal()
         lidx = Signal(range(L + 1))
-        fcur = Signal(g.dim + cfg.lane_bits + 3)
+        # scatter element counters as digits (see the module notes):
+        ml = mixed_layout(g.dim + 1, cfg.lane_bits, g.s_bits)
+        f0 = Signal(ml)       # element of lane 0 at the current position: gb + pm
+        fcur = Signal(ml)     # element of lane lidx (lidx > 0)
+        fsnap = Signal(ml)    # f0 at the tile's first position: gb + pm_snap
+        gb = Signal(ml)       # group * lanes * OUT_HW
+        pm = Signal(ml)       # position inside the item (PyTorch flatten order)
+        pm_snap = Signal(ml)
 
         scatter = Signal()
         m.d.comb += scatter.eq((d.FLAGS & FLAG_SCATTER) != 0)
@@ -112,7 +120,7 @@ class ResultWriter(wiring.Component):
         # ---- next position ---------------------------------------------------------------
         m.d.comb += nxt.eq(cur)
         with m.If(cur.ox + 1 < d.OUT_W):
-            m.d.comb += [nxt.ox.eq(cur.ox + 1), nxt.pimg.eq(cur.pimg + 1)]
+            m.d.comb += nxt.ox.eq(cur.ox + 1)
             with m.If(cur.oxm == S - 1):
                 m.d.comb += [nxt.oxm.eq(0), nxt.oxq.eq(cur.oxq + 1)]
             with m.Else():
@@ -120,11 +128,27 @@ class ResultWriter(wiring.Component):
         with m.Else():
             m.d.comb += [nxt.ox.eq(0), nxt.oxq.eq(0), nxt.oxm.eq(0)]
             with m.If(cur.oy + 1 < d.OUT_H):
-                m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.line.eq(cur.line + d.OUT_WQ),
-                             nxt.pimg.eq(cur.pimg + 1)]
+                m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.line.eq(cur.line + d.OUT_WQ)]
             with m.Else():
-                m.d.comb += [nxt.oy.eq(0), nxt.line.eq(0), nxt.pimg.eq(0),
+                m.d.comb += [nxt.oy.eq(0), nxt.line.eq(0),
                              nxt.b.eq(cur.b + 1), nxt.img.eq(cur.img + d.OUT_PITCH)]
+        img_wrap = Signal()       # the next position starts a new batch item
+        m.d.comb += img_wrap.eq((cur.ox + 1 >= d.OUT_W) & (cur.oy + 1 >= d.OUT_H))
+
+        def digits(sig, q, l, s_):
+            return [sig.q.eq(q), sig.l.eq(l), sig.s.eq(s_)]
+
+        pm_next = Signal(ml)
+        f0_next = Signal(ml)
+        g_next = Signal(ml)       # fsnap + one group step
+        with m.If(img_wrap):
+            m.d.comb += [pm_next.eq(0), f0_next.eq(gb)]
+        with m.Else():
+            m.d.comb += digits(pm_next, *mixed_add(pm, 0, 0, 1, L, S))
+            m.d.comb += digits(f0_next, *mixed_add(f0, 0, 0, 1, L, S))
+        m.d.comb += digits(g_next, *mixed_add(fsnap, d.GHW_Q, d.GHW_L, d.GHW_S, L, S))
+        gb_step = Signal(ml)
+        m.d.comb += digits(gb_step, *mixed_add(gb, d.GHW_Q, d.GHW_L, d.GHW_S, L, S))
 
         # ---- one result: feature-map word, or the scatter of its lanes --------------------
         remaining = Signal(range(cfg.quant_depth + L + 1))
@@ -141,12 +165,11 @@ class ResultWriter(wiring.Component):
         fm_addr = Signal(a + g.dim + 2)
         m.d.comb += fm_addr.eq(d.OUT_BASE + cur.img + grp_off + cur.line + cur.oxq)
         # scatter: element f of the flattened output
-        f = Signal(len(fcur))
-        m.d.comb += f.eq(Mux(lidx == 0, gbase + cur.pimg, fcur))
-        row, bank = divmod_const(m, f, S, len(f), "sc_row")
-        cg, lane = divmod_const(m, row, L, len(f), "sc_cg")
+        f = Signal(ml)
+        m.d.comb += f.eq(Mux(lidx == 0, f0, fcur))
+        bank, lane = f.s, f.l
         sc_addr = Signal(a + g.dim + 2)
-        m.d.comb += sc_addr.eq(d.OUT_BASE + cur.img + cg)
+        m.d.comb += sc_addr.eq(d.OUT_BASE + cur.img + f.q)
         value = Signal(ab)
         m.d.comb += value.eq(res.values.as_value().word_select(lidx[:max(1, (L - 1).bit_length())]
                                                                if L > 1 else 0, ab))
@@ -163,7 +186,8 @@ class ResultWriter(wiring.Component):
             with m.If(finish):
                 m.d.sync += lidx.eq(0)
             with m.Else():
-                m.d.sync += [lidx.eq(lidx + 1), fcur.eq(f + d.OUT_HW)]
+                m.d.sync += [lidx.eq(lidx + 1),
+                             *digits(fcur, *mixed_add(f, d.HW_Q, d.HW_L, d.HW_S, L, S))]
 
         # ---- counters after a finished result ------------------------------------------------
         m.d.sync += [self.done.eq(0), self.error.eq(0)]
@@ -173,7 +197,9 @@ class ResultWriter(wiring.Component):
             with m.If(t + 1 == tile_size):
                 m.d.sync += t.eq(0)
                 with m.If(group + 1 == d.N_GROUPS):
-                    m.d.sync += [group.eq(0), grp_off.eq(0), gbase.eq(0), cbase.eq(0),
+                    m.d.sync += [group.eq(0), grp_off.eq(0), cbase.eq(0),
+                                 gb.eq(0), pm.eq(pm_next), pm_snap.eq(pm_next),
+                                 f0.eq(pm_next), fsnap.eq(pm_next),
                                  cur.eq(nxt), snap.eq(nxt), tile.eq(tile + 1),
                                  tile_size.eq(Mux(tile + 2 == d.N_TILES, d.LAST_TILE,
                                                   d.TILE))]
@@ -181,14 +207,16 @@ class ResultWriter(wiring.Component):
                         m.d.sync += [running.eq(0), self.done.eq(1)]
                 with m.Else():
                     m.d.sync += [group.eq(group + 1), grp_off.eq(grp_off + d.OUT_CGP),
-                                 gbase.eq(gbase + d.OUT_HW * L), cbase.eq(cbase + L),
-                                 cur.eq(snap)]
+                                 cbase.eq(cbase + L), cur.eq(snap),
+                                 gb.eq(gb_step), pm.eq(pm_snap), f0.eq(g_next),
+                                 fsnap.eq(g_next)]
             with m.Else():
-                m.d.sync += [t.eq(t + 1), cur.eq(nxt)]
+                m.d.sync += [t.eq(t + 1), cur.eq(nxt), pm.eq(pm_next), f0.eq(f0_next)]
 
         with m.If(self.layer_start):
             m.d.sync += [cur.eq(0), snap.eq(0), t.eq(0), tile.eq(0), group.eq(0),
-                         grp_off.eq(0), gbase.eq(0), cbase.eq(0), lidx.eq(0),
+                         grp_off.eq(0), cbase.eq(0), lidx.eq(0), f0.eq(0), fcur.eq(0),
+                         fsnap.eq(0), gb.eq(0), pm.eq(0), pm_snap.eq(0),
                          tile_size.eq(Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)),
                          running.eq(1)]
         return m

@@ -12,7 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hw.arith import magic
+from amaranth import Cat, Module, Signal
+from amaranth.sim import Simulator
+
+from hw.arith import div_step, mixed_add, mixed_layout, mul_const
 from hw.config import SDConfig, preset
 from hw.descriptor import FIELDS, encode_field, field_widths
 from hw.host import StreamCmd, beats_per_word, header_word
@@ -37,17 +40,80 @@ def fc(name, cout, n, relu=False):
                      quant=(0, cout), kept_rows=(1,))
 
 
-@pytest.mark.parametrize("n", [4, 11, 16])
-def test_magic_division_is_exact(n):
-    x = np.arange(1 << n, dtype=object)
-    for d in sorted(set(range(1, min(40, 1 << n))) | {(1 << n) - 1, 1 << n}):
-        m = magic(d, n)
-        assert all((x * m) >> (2 * n) == x // d), f"division by {d} for {n}-bit dividends"
+@pytest.mark.parametrize("c", [0, 1, 3, 5, 12])
+def test_mul_const_is_shift_add(c):
+    """Constant factors become shifts and adds (no ``$mul``), exact on every input."""
+    x = Signal(6)
+    y = mul_const(x, c)
+    assert "*" not in repr(y)
+    m = Module()
+    out = Signal(len(y) if len(y) else 1)
+    m.d.comb += out.eq(y)
+    bad = []
+
+    async def bench(ctx):
+        for v in range(64):
+            ctx.set(x, v)
+            if ctx.get(out) != v * c:
+                bad.append(v)
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not bad, f"x * {c} wrong for x in {bad[:5]}"
+    with pytest.raises(ValueError, match="non-negative"):
+        mul_const(x, -1)
 
 
-def test_magic_rejects_bad_divisor():
-    with pytest.raises(ValueError, match="divisor"):
-        magic(0, 8)
+def _simulate_comb(m, inputs, outputs, cases):
+    got = []
+
+    async def bench(ctx):
+        for case in cases:
+            for sig, v in zip(inputs, case):
+                ctx.set(sig, v)
+            got.append(tuple(ctx.get(o) for o in outputs))
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    return got
+
+
+def test_div_steps_give_quotient_and_remainder():
+    """Restoring division steps (the row-address split) for every 7-bit dividend."""
+    x, d = Signal(7), Signal(4)
+    rem, q_bits = x, []
+    for k in reversed(range(7)):
+        bit, rem = div_step(rem, d, k)
+        q_bits.append(bit)
+    m = Module()
+    q, r = Signal(7), Signal(7)
+    m.d.comb += [q.eq(Cat(*reversed(q_bits))), r.eq(rem)]
+    cases = [(v, dv) for dv in (1, 2, 3, 5, 7, 15) for v in range(128)]
+    got = _simulate_comb(m, (x, d), (q, r), cases)
+    assert got == [(v // dv, v % dv) for v, dv in cases]
+
+
+@pytest.mark.parametrize("lanes,S", [(4, 3), (3, 3), (1, 2), (8, 4)])
+def test_mixed_add_matches_integer_add(lanes, S):
+    """Scatter digits ``f = (q*lanes + l)*S + s`` plus a digit step = integer sum."""
+    ml = mixed_layout(8, max(1, (lanes - 1).bit_length()), max(1, (S - 1).bit_length()))
+    a = Signal(ml)
+    dq, dl, ds = Signal(8), Signal(ml["l"].shape), Signal(ml["s"].shape)
+    q, l, s = mixed_add(a, dq, dl, ds, lanes, S)
+    m = Module()
+    out = Signal(ml)
+    m.d.comb += [out.q.eq(q), out.l.eq(l), out.s.eq(s)]
+
+    def split(v):
+        return v // (S * lanes), (v // S) % lanes, v % S
+    rng = np.random.default_rng(lanes * 10 + S)
+    cases = [(int(x), int(y)) for x, y in rng.integers(0, 40 * S * lanes, (300, 2))]
+
+    def pack(v):
+        return sum(d << ml[k].offset for k, d in zip("qls", split(v)))
+    ins = [(pack(x), *split(y)) for x, y in cases]
+    got = _simulate_comb(m, (a.as_value(), dq, dl, ds), (out.q, out.l, out.s), ins)
+    assert got == [split(x + y) for x, y in cases]
 
 
 def test_field_widths_fit_registers_for_presets():
@@ -123,7 +189,7 @@ def test_compile_refuses_what_the_hardware_cannot_run():
         compile_network([fc("f", 3, 10)], CFG, batch=0)
     with pytest.raises(ValueError, match="weight words"):
         compile_network([LayerSpec(name="f", kind="linear", weight_shape=(3, 10),
-                                   in_shape=(10,), out_shape=(3,), weights=(1020, 10),
+                                   in_shape=(10,), out_shape=(3,), weights=(CFG.ce_depth - 5, 10),
                                    quant=(0, 3), kept_rows=(1,))], CFG)
 
 
@@ -133,7 +199,8 @@ def test_stream_header_and_memory_map():
         header_word(StreamCmd.READ, 0, 1 << 24)
     mm = memory_map(CFG, "sd")
     assert mm["weights"]["width"] == CFG.ce_word_width
-    assert beats_per_word(mm["weights"]["width"]) == 4
+    assert beats_per_word(mm["weights"]["width"]) == -(-CFG.ce_word_width // 32)
+    assert beats_per_word(32) == 1 and beats_per_word(33) == 2
     assert "basis" not in memory_map(CFG, "dense")
     assert mm["act"]["banks"] == CFG.basis_size
 
