@@ -43,7 +43,7 @@ import torch
 
 from golden.quantize import check_exp_range, pow2_round, project
 from golden.sdweight import SDWeight
-from golden.sparsity import CRITERIA, group_of_filters, group_rows_any, prune_rows
+from golden.sparsity import CRITERIA, group_of_filters, prune_rows
 from hw.config import SDConfig, load_config
 
 __all__ = ["DecomposeOptions", "decompose", "decompose_reference_loop", "check_weight",
@@ -135,6 +135,11 @@ class DecomposeOptions:
 
 
 # ------------------------------------------------------------------ validation
+#: Largest weight magnitude accepted (only float64 weights can exceed it): squares of
+#: up to 1e8 such values still sum to a finite float64.
+_MAX_MAGNITUDE = 1e150
+
+
 def check_weight(weight, name: str = "weight") -> torch.Tensor:
     """Validate a dense weight; return it detached on the CPU as float32 or float64."""
     if not isinstance(weight, torch.Tensor):
@@ -149,17 +154,19 @@ def check_weight(weight, name: str = "weight") -> torch.Tensor:
     w = weight.detach().to("cpu")
     if w.dtype not in (torch.float32, torch.float64):
         w = w.to(torch.float32)
-    # One float64 sum is NaN/inf iff some element is (it cannot overflow for float32
-    # input); the elementwise check only runs to locate a bad value.
-    if not math.isfinite(float(torch.sum(w, dtype=torch.float64))):
+    # min and max propagate NaN and see every inf: one fast pass (a float64 sum was 20x
+    # slower); the element-wise check only runs to locate a bad value.
+    lo, hi = (float(v) for v in torch.aminmax(w))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         finite = torch.isfinite(w)
-        if not finite.all():
-            bad = (~finite).nonzero()[0].tolist()
-            raise ValueError(f"{name}: {int((~finite).sum())} NaN or infinite weight "
-                             f"value(s), first at index {tuple(bad)} "
-                             f"({float(w[tuple(bad)])!r})")
-        raise ValueError(f"{name}: weights too large to process (their float64 sum "
-                         f"overflows)")
+        bad = (~finite).nonzero()[0].tolist()
+        raise ValueError(f"{name}: {int((~finite).sum())} NaN or infinite weight "
+                         f"value(s), first at index {tuple(bad)} "
+                         f"({float(w[tuple(bad)])!r})")
+    if max(-lo, hi) > _MAX_MAGNITUDE:
+        raise ValueError(f"{name}: weights too large to process (largest magnitude "
+                         f"{max(-lo, hi):.3g} > {_MAX_MAGNITUDE:g}: the squared error sums "
+                         f"would overflow float64)")
     return w
 
 
@@ -205,44 +212,15 @@ def _ridge(g: torch.Tensor, ridge: float) -> torch.Tensor:
     return h
 
 
-#: Smallest ``det(H) / prod(diag(H))`` (the determinant of ``H``'s correlation matrix,
-#: 1 for orthogonal columns) solved with the adjugate; below it `torch.linalg.solve`.
-#: It bounds ``cond`` of the correlation matrix by ``S**S / ratio`` (3e5 for S = 3), so
-#: the adjugate's error (~cond * 1e-16) stays far below the float32 rounding of the
-#: ``Ce`` operator that follows and the codes stay those of the LU solve.
-_ADJUGATE_MIN_RATIO = 1e-4
-
-
-def _solve_spd(h: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """``H^-1 rhs`` for a batch ``(n, S, S)`` of symmetric positive definite ``H``, float64.
-
-    ``S = 3`` (the default basis) uses the adjugate: row ``i`` of ``adj(H)`` is the
-    cross product of rows ``i+1`` and ``i+2`` (cyclic) and ``det H = h_0 . adj_0``.
-    That is a handful of batched element-wise operations instead of a batched LU
-    factorisation, which costs about 0.4 us per 3 x 3 system on this CPU (per-matrix
-    pivoting dominates; it was a quarter of the decomposition's time).  On
-    well-conditioned systems the two agree to ~1e-16 relative; the ill-conditioned ones
-    (blocks with fewer rows than ``S``, nearly dependent columns: ratio below
-    `_ADJUGATE_MIN_RATIO`) are re-solved with `torch.linalg.solve`, the per-block loop's
-    solver, whose answer there is one of many near-equivalent ones.  Other ``S`` use
-    `torch.linalg.solve` throughout.
-    """
-    if h.shape[-1] != 3:
-        return torch.linalg.solve(h, rhs)
-    adj = torch.linalg.cross(h.roll(-1, dims=-2), h.roll(-2, dims=-2), dim=-1)
-    det = torch.linalg.vecdot(h[:, 0], adj[:, 0])
-    x = torch.bmm(adj, rhs).div_(det[:, None, None])
-    ratio = det / h.diagonal(dim1=-2, dim2=-1).prod(-1)
-    bad = (~(ratio > _ADJUGATE_MIN_RATIO)).nonzero().squeeze(1)     # also NaN
-    if bad.numel():
-        x.index_copy_(0, bad, torch.linalg.solve(h.index_select(0, bad),
-                                                 rhs.index_select(0, bad)))
-    return x
-
-
 def _ridge_solve(g: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tensor:
-    """Solve ``(G + lambda I) X = rhs`` (see `_ridge`) for a batch of small SPD ``G``."""
-    return _solve_spd(_ridge(g, ridge), rhs.to(torch.float64))
+    """Solve ``(G + lambda I) X = rhs`` (see `_ridge`) for a batch of small SPD ``G``.
+
+    A batched ``torch.linalg.solve`` (LU) costs ~0.12 us per 3 x 3 system here; closed
+    forms (adjugate, hand-written Cholesky) built from torch operations were measured
+    no faster (each operation on ``(n, 3, 3)`` costs a few us of fixed overhead), and
+    the LU keeps the codes identical to the per-block loop on ill-conditioned blocks.
+    """
+    return torch.linalg.solve(_ridge(g, ridge), rhs.to(torch.float64))
 
 
 def _fit_basis(cqt: torch.Tensor, at: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -260,7 +238,7 @@ def _ce_operator_t(b: torch.Tensor, ridge: float, dtype: torch.dtype) -> torch.T
 
     ``M = B^T (B B^T + lambda I)^-1``, so ``M^T = (B B^T + lambda I)^-1 B``.
     """
-    return _solve_spd(_ridge(torch.bmm(b, b.transpose(-2, -1)), ridge), b).to(dtype)
+    return torch.linalg.solve(_ridge(torch.bmm(b, b.transpose(-2, -1)), ridge), b).to(dtype)
 
 
 def _row_threshold_t(cet: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -291,6 +269,74 @@ def _normalise(a: torch.Tensor, top: int, dtype: torch.dtype):
     return out, alpha
 
 
+class _Projector:
+    """`golden.quantize.project` into caller-owned buffers (the hot loop's form).
+
+    The same IEEE-754 rounding as `golden.quantize.pow2_round` (add half the mantissa
+    range to the magnitude's bits, clear the mantissa, clamp to the exponent range;
+    zero below the cut; restore the sign), written as in-place integer passes over
+    scratch buffers allocated once per chunk: no fresh multi-megabyte tensor per call
+    (each costs page faults on first touch), and 9 passes instead of 10 (the zero cut
+    is a 0/1 factor).  Results are bitwise those of `golden.quantize.project`
+    (``tests/test_decompose.py``).
+    """
+
+    def __init__(self, shape, dtype: torch.dtype, exp_min: int, exp_max: int, terms: int,
+                 threshold: float):
+        self.idt, mbits = (torch.int32, 23) if dtype == torch.float32 else (torch.int64, 52)
+        nbits = torch.iinfo(self.idt).bits
+        self.sign_mask = -(1 << (nbits - 1))
+        self.mag_mask = (1 << (nbits - 1)) - 1
+        self.exp_field = ((1 << (nbits - 1 - mbits)) - 1) << mbits
+        self.half = 1 << (mbits - 1)
+
+        def bits(v: float) -> int:
+            return int(torch.tensor(v, dtype=dtype).view(self.idt))
+
+        self.lo, self.hi = bits(2.0 ** exp_min), bits(2.0 ** exp_max)
+        self.cut = bits(2.0 ** (exp_min - 1))        # below half the smallest level: 0
+        self.cut_first = max(self.cut, bits(float(threshold))) if threshold > 0 else self.cut
+        self.terms = terms
+        self.mag = torch.empty(shape, dtype=self.idt)
+        self.sign = torch.empty(shape, dtype=self.idt)
+        if terms == 2:
+            self.residual = torch.empty(shape, dtype=dtype)
+            self.second = torch.empty(shape, dtype=dtype)
+
+    def _round(self, x: torch.Tensor, out: torch.Tensor, cut: int) -> None:
+        n = x.shape[0]
+        bits, q = x.view(self.idt), out.view(self.idt)
+        mag, sign = self.mag[:n], self.sign[:n]
+        torch.bitwise_and(bits, self.mag_mask, out=mag)
+        torch.add(mag, self.half, out=q)
+        q.bitwise_and_(self.exp_field).clamp_(self.lo, self.hi)
+        torch.bitwise_and(bits, self.sign_mask, out=sign)
+        q.bitwise_or_(sign)
+        # 1 where the magnitude reaches the cut, 0 below: zero cut without a bool mask
+        # (masked_fill / where are several times slower than integer passes); applied
+        # after the sign so that no -0.0 appears.
+        q.mul_(mag.sub_(cut - 1).clamp_(0, 1))
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Write the projection of ``x`` (contiguous, leading dim <= the buffers') into
+        ``out`` (same shape, contiguous, not ``x``); return ``out``."""
+        self._round(x, out, self.cut_first)
+        if self.terms == 2:
+            n = x.shape[0]
+            res, second = self.residual[:n], self.second[:n]
+            torch.sub(x, out, out=res)
+            self._round(res, second, self.cut)
+            out.add_(second)
+        return out
+
+
+#: Stopped blocks are dropped from the active set (the survivors copied together) once
+#: they are at least this fraction of it.  Until then they are computed along (their
+#: result was saved when they stopped), which costs less than compacting the three
+#: block tensors on every iteration; measured best between 0 and 0.5 (see docs).
+_COMPACT_FRACTION = 0.2
+
+
 def solve_blocks(blocks: torch.Tensor, exp_min: int, top: int, terms: int,
                  opts: DecomposeOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decompose a batch of blocks at once (steps 0-3 of the module docstring).
@@ -314,35 +360,57 @@ def solve_blocks(blocks: torch.Tensor, exp_min: int, top: int, terms: int,
     a, alpha = _normalise(blocks.transpose(1, 2), top, dtype)
     nb = a.shape[0]
     thr, tol, ridge = opts.threshold, opts.tolerance, opts.ridge
+    project = _Projector(a.shape, dtype, exp_min, top, terms, thr)
     ce_out = a.clone() if opts.iterations == 0 else torch.empty_like(a)
     iters = torch.full((nb,), opts.iterations, dtype=torch.int64)
-    act = torch.arange(nb)              # blocks still iterating, indices into ce_out
+    # Work buffers, used as prefixes [:n] of the n active blocks: the new Ce, the new
+    # and the previous Cq (swapped every iteration), the difference of the two, and
+    # compacted copies of A' (two, swapped on every compaction).
+    ce_buf, diff = torch.empty_like(a), torch.empty_like(a)
+    cq_new, cq_old = torch.empty_like(a), torch.empty_like(a)
+    a_bufs: list[torch.Tensor] = []
+    a_slot = 1                          # a_bufs[a_slot] holds a_w once compacted
+    act = torch.arange(nb)              # active blocks, indices into ce_out
+    live = None                         # which active blocks still iterate (None: all)
+    n_live = nb
     a_w, ce_w, prev = a, a, None
     for it in range(opts.iterations):
-        cq = project(ce_w, exp_min, top, terms, thr)
+        n = act.numel()
+        cq = project(ce_w, cq_new[:n])
         if prev is not None:
-            changed = (cq - prev).abs_().flatten(1).amax(1) > tol
-            if not bool(changed.all()):
-                # Converged blocks freeze here; the survivors are compacted so later
-                # iterations only touch blocks that still change (index_select: several
-                # times faster than boolean or advanced indexing).
-                done = (~changed).nonzero().squeeze(1)
-                ce_out.index_copy_(0, act[done], ce_w.index_select(0, done))
-                iters[act[done]] = it
-                keep = changed.nonzero().squeeze(1)
-                if keep.numel() == 0:
-                    act = keep
+            d = torch.sub(cq, prev, out=diff[:n]).abs_()
+            changed = d.view(n, -1).amax(1) > tol
+            stopped = ~changed if live is None else live & ~changed
+            idx = stopped.nonzero().squeeze(1)
+            if idx.numel():
+                # These blocks stop here: save their Ce (the loop's final Ce).
+                ce_out.index_copy_(0, act[idx], ce_w.index_select(0, idx))
+                iters[act[idx]] = it
+                live = changed if live is None else live & changed
+                n_live -= idx.numel()
+                if n_live == 0:
                     break
-                act = act[keep]
-                a_w, ce_w, cq = (t.index_select(0, keep) for t in (a_w, ce_w, cq))
+                if n - n_live >= _COMPACT_FRACTION * n:
+                    # index_select: several times faster than boolean indexing.  The
+                    # previous Cq is no longer needed: its buffer takes the survivors.
+                    keep = live.nonzero().squeeze(1)
+                    a_slot = 1 - a_slot
+                    if len(a_bufs) <= a_slot:
+                        a_bufs.append(torch.empty_like(a))
+                    a_w = torch.index_select(a_w, 0, keep, out=a_bufs[a_slot][:n_live])
+                    cq = torch.index_select(cq, 0, keep, out=cq_old[:n_live])
+                    cq_new, cq_old = cq_old, cq_new
+                    act, live = act[keep], None
         b = _fit_basis(cq, a_w, ridge)
-        ce_w = torch.bmm(_ce_operator_t(b, ridge, dtype), a_w)
+        ce_w = torch.bmm(_ce_operator_t(b, ridge, dtype), a_w, out=ce_buf[:act.numel()])
         if opts.row_threshold:
             ce_w = _row_threshold_t(ce_w, thr)
         prev = cq
-    if act.numel():
-        ce_out.index_copy_(0, act, ce_w)
-    cq = project(ce_out, exp_min, top, terms, thr)
+        cq_new, cq_old = cq_old, cq_new
+    if n_live:                          # blocks that ran all iterations
+        idx = torch.arange(act.numel()) if live is None else live.nonzero().squeeze(1)
+        ce_out.index_copy_(0, act[idx], ce_w.index_select(0, idx))
+    cq = project(ce_out, torch.empty_like(a))
     basis = _fit_basis(cq, a, ridge) / alpha[:, None, None]
     return cq, basis, iters
 
@@ -383,18 +451,22 @@ def solve_block_loop(block: torch.Tensor, exp_min: int, top: int, terms: int,
 
 
 # ------------------------------------------------------------------ assembly
-def _blocks_of(w: torch.Tensor, basis_size: int, block_rows: int) -> tuple[torch.Tensor, int]:
-    """``(Cout, ...)`` weight -> ``(Cout * n_blocks, m, S)`` zero-padded blocks (one copy).
+def _blocks_of(w: torch.Tensor, basis_size: int, block_rows: int,
+               copy: bool = True) -> tuple[torch.Tensor, int]:
+    """``(Cout, ...)`` weight -> ``(Cout * n_blocks, m, S)`` zero-padded blocks.
 
     Rows follow `golden.sdweight.weight_to_rows` (flatten, zero-pad to ``R*S``); a
     filter's ``R`` rows are cut into ``n_blocks`` blocks of ``m = block_rows`` rows (or
-    ``m = R`` when one block suffices), the last block padded with zero rows.
+    ``m = R`` when one block suffices), the last block padded with zero rows.  Without
+    padding and with ``copy=False`` the result is a view of ``w`` (one pass less).
     """
     cout = w.shape[0]
     k = math.prod(w.shape[1:])
     r = -(-k // basis_size)
     n_blocks = -(-r // block_rows)
     m = r if n_blocks == 1 else block_rows
+    if not copy and k == n_blocks * m * basis_size:
+        return w.reshape(cout * n_blocks, m, basis_size), n_blocks
     out = torch.zeros(cout, n_blocks * m * basis_size, dtype=w.dtype)
     out[:, :k] = w.reshape(cout, k)
     return out.view(cout * n_blocks, m, basis_size), n_blocks
@@ -431,6 +503,28 @@ def _term_codes(q: torch.Tensor, exp_min: int, exp_max: int):
     return q != 0, bits < 0, exponent
 
 
+def _sum_squares(t: torch.Tensor) -> float:
+    """Sum of squares in float64 (a float64 ``dot``: ~3x faster than ``sum(dtype=)``)."""
+    d = t.reshape(-1).to(torch.float64)
+    return float(torch.dot(d, d))
+
+
+def _group_rows_nonzero(mask: torch.Tensor, lanes: int) -> torch.Tensor:
+    """``(n_groups, R)``: whether any term of the row is live in any filter of the group.
+
+    Maxima over a uint8 view: boolean ``any`` reductions are 10-60x slower on CPU.
+    """
+    cout, r = mask.shape[:2]
+    m8 = mask.view(torch.uint8).reshape(cout, r, -1)
+    rows = m8[..., 0]
+    for k in range(1, m8.shape[-1]):
+        rows = torch.maximum(rows, m8[..., k])
+    n_groups = -(-cout // lanes)
+    if n_groups * lanes != cout:
+        rows = torch.cat([rows, rows.new_zeros(n_groups * lanes - cout, r)])
+    return rows.view(n_groups, lanes, r).amax(1).bool()
+
+
 @dataclass
 class _Result:
     """Output tensors of a decomposition, filled chunk by chunk."""
@@ -465,14 +559,14 @@ def _finish_chunk(res: _Result, f0: int, cqt: torch.Tensor, basis: torch.Tensor,
     bq = (b_int * scale[:, None, None, None]).view(nb, s, s).to(cqt.dtype)
     what_t = torch.bmm(bq.transpose(1, 2), cqt)
     diff = chunk.transpose(1, 2).to(cqt.dtype) - what_t
-    err2 = float(torch.sum(diff * diff, dtype=torch.float64))
+    err2 = _sum_squares(diff)
     # Only real weights count: the zero padding past K (last row of each filter) is
     # dropped by rows_to_weight, so its rebuilt values are no error.
     r = res.mask.shape[1]
     pad = r * s - fan_in
     if pad:
         last = what_t.view(f, n_blocks, s, m)[:, -1, s - pad:, (r - 1) - (n_blocks - 1) * m]
-        err2 -= float(torch.sum(last * last, dtype=torch.float64))
+        err2 -= _sum_squares(last)
     cq = cqt.transpose(1, 2).reshape(f, n_blocks * m, s)[:, :r]
     terms = res.mask.shape[-1]
     parts = [cq] if terms == 1 else [pow2_round(cq.contiguous(), cfg.exp_min, cfg.exp_max)]
@@ -509,15 +603,29 @@ def intra_op_threads(n: int):
 
 
 def _run(weight, config, name, options, solver) -> SDWeight:
-    """Shared driver of `decompose` and `decompose_reference_loop`."""
+    """Shared driver of `decompose` and `decompose_reference_loop`.
+
+    torch's intra-op parallelism is off for the whole call, not only while chunks are
+    solved: every OpenMP region (even a reduction taking 1 ms) stalls for a whole time
+    slice (~15 ms measured) when another process holds the second core, and the
+    checks before and after the chunks are a dozen such operations; the chunks
+    themselves run on `workers` threads.
+    """
+    with intra_op_threads(1):
+        return _run_serial(weight, config, name, options, solver)
+
+
+def _run_serial(weight, config, name, options, solver) -> SDWeight:
+    """`_run` with intra-op parallelism already off."""
     cfg, opts = _resolve(config, options)
     w = check_weight(weight, name)
     top = _top_exponent(cfg, opts, name)
     keep = _structure(w, cfg, opts, name)
     s = cfg.basis_size
-    blocks, n_blocks = _blocks_of(w, s, cfg.block_rows)
+    pruned = not bool(keep.all())
+    blocks, n_blocks = _blocks_of(w, s, cfg.block_rows, copy=pruned)
     cout, r = w.shape[0], keep.shape[1]
-    if not bool(keep.all()):
+    if pruned:
         rows = blocks.view(cout, -1, s)
         rows[:, :r] *= keep[group_of_filters(cout, cfg.lanes)][..., None].to(w.dtype)
     m = blocks.shape[1]
@@ -542,21 +650,20 @@ def _run(weight, config, name, options, solver) -> SDWeight:
             return _finish_chunk(res, f0, cqt, basis, iters, chunk, cfg, n_blocks, fan_in)
 
     workers = min(default_workers(opts.workers), len(starts))
-    # Intra-op parallelism off in any case: the per-chunk tensors are small, and OpenMP
-    # barriers spin for a whole time slice whenever another process holds a core
+    # Intra-op parallelism is off (see `_run`): the per-chunk tensors are small, and
+    # OpenMP barriers spin for a whole time slice whenever another process holds a core
     # (measured: 30x slower on this 2-core machine under load); chunks run in parallel.
-    with intra_op_threads(1):
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(work, starts))
-        else:
-            parts = [work(f0) for f0 in starts]
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(work, starts))
+    else:
+        parts = [work(f0) for f0 in starts]
     res.err2 = math.fsum(parts)                  # chunk order: same sum for any workers
-    rows_nz = res.mask.any(dim=-1).any(dim=-1)                           # (Cout, R)
-    row_keep = keep & group_rows_any(rows_nz, cfg.lanes)
-    kept2 = float(torch.sum(blocks * blocks, dtype=torch.float64))
-    total2 = float(torch.sum(w * w, dtype=torch.float64))
-    err2 = res.err2 + max(0.0, total2 - kept2)           # pruned rows are lost entirely
+    row_keep = keep & _group_rows_nonzero(res.mask, cfg.lanes)
+    total2 = _sum_squares(w)
+    err2 = res.err2
+    if pruned:                                           # pruned rows are lost entirely
+        err2 += max(0.0, total2 - _sum_squares(blocks))
     extra = {"decompose": opts.as_dict(),
              "mean_iterations": float(res.iters.to(torch.float64).mean()),
              "max_iterations": int(res.iters.max()),
