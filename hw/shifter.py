@@ -7,25 +7,96 @@ at the fixed scale ``2**exp_min``, so a term is a left shift by the offset
 multiplier.  ``shifted_bits = basis_bits + max_shift + 1`` holds every result, including
 ``-(basis_min << max_shift)``.
 
-`Pow2Shift` is the combinational core the basis array instantiates once per
-(lane, basis row, column, term); `Pow2Shifter` wraps it in a registered stream stage.
+The cheap form the basis array uses is `ones_term`: the sign is applied as a one's
+complement (``~(b << k) = -(b << k) - 1``) folded into the first 2:1 mux level of a
+logarithmic shifter, the zero code gates the last level, and the missing ``+1`` is a carry
+that `carry_sum` injects into the adder tree (one per adder, for free).  A term then needs
+``basis_bits + max_shift`` bits and one LUT4 per bit and shift level, with no negation.
+`Pow2Shift` is that term plus its carry (the exact value, for tests and small uses);
+`Pow2Shifter` wraps it in a registered stream stage.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import SDConfig
 
-__all__ = ["Pow2Shift", "Pow2Shifter", "shift_input_layout", "shift_output_layout"]
+__all__ = ["Pow2Shift", "Pow2Shifter", "ones_term", "carry_sum", "log_shift",
+           "shift_input_layout", "shift_output_layout"]
 
 
 def _check_config(config) -> SDConfig:
     if not isinstance(config, SDConfig):
         raise TypeError(f"config must be an SDConfig, got {type(config).__name__}: {config!r}")
     return config
+
+
+def log_shift(value, shift, fill, max_shift: int):
+    """``value << shift`` with the vacated low bits set to ``fill``: one 2:1 mux level per
+    shift bit, each level only as wide as the shifts reachable so far.
+
+    ``value`` is signed and the result is sign-extended to ``len(value) + max_shift``
+    bits.  Codes above ``max_shift`` are invalid; their result is unspecified.
+    """
+    v = value.as_signed()
+    reach = 0
+    for b in range(len(shift)):
+        step = 1 << b
+        if step > max_shift:
+            break
+        reach = min(max_shift, reach + step)
+        width = len(value) + reach
+        moved = Cat(fill.replicate(step), v)[:width].as_signed()
+        v = Mux(shift[b], moved, v)[:width].as_signed()
+    return v
+
+
+def ones_term(value, sign, shift, enable, max_shift: int):
+    """One's-complement term and its carry: ``term + carry == +-value << shift`` (or 0).
+
+    Returns ``(term, carry)``: ``term`` is ``enable ? (sign ? ~(value << shift) :
+    value << shift) : 0``, signed ``len(value) + max_shift`` bits (``~(b << k)`` is
+    ``(~b) << k`` with ones shifted in, so the inversion rides on the first mux level);
+    ``carry = sign & enable`` is the ``+1`` that completes the negation.  Codes above
+    ``max_shift`` are invalid; their result is unspecified.
+    """
+    carry = sign & enable
+    flipped = value.as_signed() ^ carry.replicate(len(value)).as_signed()
+    shifted = log_shift(flipped, shift, carry, max_shift)
+    # Gating after the shifter lets the last mux level (a LUT4 with a spare input) take
+    # the enable, instead of one more LUT per bit in front.
+    return Mux(enable, shifted, 0)[:len(shifted)].as_signed(), carry
+
+
+def carry_sum(values, carries):
+    """``sum(values) + sum(carries)`` for 1-bit ``carries``: a balanced adder tree in which
+    every adder absorbs one carry for free.
+
+    Adding ``c`` to ``a + b`` costs one extra low bit per operand:
+    ``(2a + c) + (2b + c) = 2(a + b + c)``, so the sum is the result without its low bit.
+    A tree of ``n`` values has ``n - 1`` adders; carries beyond that are added at the end.
+    """
+    values, carries = list(values), list(carries)
+    if not values:
+        raise ValueError("carry_sum needs at least one value")
+    while len(values) > 1:
+        nxt = []
+        for a, b in zip(values[0::2], values[1::2]):
+            if carries:
+                c = carries.pop(0)
+                nxt.append((Cat(c, a).as_signed() + Cat(c, b).as_signed())[1:].as_signed())
+            else:
+                nxt.append(a + b)
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values = nxt
+    total = values[0]
+    for c in carries:
+        total = total + c
+    return total
 
 
 def shift_input_layout(config: SDConfig) -> data.StructLayout:
@@ -61,8 +132,7 @@ class Pow2Shift(wiring.Component):
         1 negates the result.
     shift : In(shift_code_bits)
         Exponent offset ``e - exp_min``; valid range ``0 ... config.max_shift``.  Larger
-        codes are invalid (the decoder flags them); the result is then
-        ``value << shift`` truncated to ``shifted_bits``.
+        codes are invalid (the decoder flags them); the result is then unspecified.
     enable : In(1)
         0 for a zero coefficient term: the result is 0 whatever the other inputs.
     result : Out(signed(shifted_bits))
@@ -70,7 +140,7 @@ class Pow2Shift(wiring.Component):
 
     Notes
     -----
-    Purely combinational (latency 0).  Cost: a barrel shifter and a conditional negation.
+    Purely combinational (latency 0): `ones_term` and the increment by its carry.
     """
 
     def __init__(self, config: SDConfig):
@@ -85,16 +155,10 @@ class Pow2Shift(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # Sized so that value << max_shift is exact; the negation of its most negative
-        # value still fits because shifted_bits has one bit more than the magnitude.
-        shifted = Signal(signed(self.config.shifted_bits))
-        m.d.comb += shifted.eq(self.value << self.shift)
-        with m.If(~self.enable):
-            m.d.comb += self.result.eq(0)
-        with m.Elif(self.sign):
-            m.d.comb += self.result.eq(-shifted)
-        with m.Else():
-            m.d.comb += self.result.eq(shifted)
+        term, carry = ones_term(self.value, self.sign, self.shift, self.enable,
+                                self.config.max_shift)
+        # shifted_bits has one bit more than the term: -(basis_min << max_shift) fits.
+        m.d.comb += self.result.eq(term + carry)
         return m
 
 
