@@ -637,9 +637,15 @@ def _run_serial(weight, config, name, options, solver) -> SDWeight:
                   scale=torch.empty(cout, dtype=torch.float64),
                   iters=torch.empty(cout * n_blocks, dtype=torch.int64))
     # Chunks of whole filters (the basis scale spans all blocks of a filter), each of
-    # many blocks: bounded memory, cache-sized working set.
-    filters = max(1, opts.chunk_weights // (n_blocks * m * s))
+    # many blocks: bounded memory, cache-sized working set.  Their number is a multiple
+    # of the workers and their sizes equal, so no worker idles at the end (5 chunks
+    # on 2 workers took as long as 6).
+    workers = default_workers(opts.workers)
+    n_chunks = -(-cout * n_blocks * m * s // opts.chunk_weights)
+    n_chunks = min(cout, -(-n_chunks // workers) * workers)
+    filters = -(-cout // n_chunks)
     starts = list(range(0, cout, filters))
+    workers = min(workers, len(starts))
     fan_in = math.prod(w.shape[1:])
 
     def work(f0: int) -> float:
@@ -649,7 +655,6 @@ def _run_serial(weight, config, name, options, solver) -> SDWeight:
             cqt, basis, iters = solver(chunk, cfg.exp_min, top, cfg.terms, opts)
             return _finish_chunk(res, f0, cqt, basis, iters, chunk, cfg, n_blocks, fan_in)
 
-    workers = min(default_workers(opts.workers), len(starts))
     # Intra-op parallelism is off (see `_run`): the per-chunk tensors are small, and
     # OpenMP barriers spin for a whole time slice whenever another process holds a core
     # (measured: 30x slower on this 2-core machine under load); chunks run in parallel.

@@ -87,6 +87,24 @@ def test_two_terms_greedy(xs, rng):
     assert ((x - q).abs() <= (x - q1).abs()).all()
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(finite, min_size=1, max_size=60), ranges,
+       st.sampled_from([0.0, 1e-3, 0.01, 0.3]), st.sampled_from([1, 2]),
+       st.sampled_from([torch.float32, torch.float64]))
+def test_hot_loop_projector_is_bitwise_project(xs, rng, threshold, terms, dtype):
+    """`golden.decompose._Projector` (buffers reused) == `golden.quantize.project`."""
+    from golden.decompose import _Projector
+    exp_min, exp_max = rng
+    x = torch.tensor(xs, dtype=dtype)
+    x = torch.cat([x, -x, torch.zeros(1, dtype=dtype)]).view(1, 1, -1)
+    ref = project(x, exp_min, exp_max, terms, threshold)
+    proj = _Projector((2,) + x.shape[1:], dtype, exp_min, exp_max, terms, threshold)
+    out = torch.full_like(x, float("nan"))
+    for _ in range(2):                                    # scratch reuse is harmless
+        got = proj(x, out)
+        assert torch.equal(got.view(proj.idt), ref.view(proj.idt))     # bits, no -0.0
+
+
 def test_greedy_projection_fixes_every_two_term_value():
     exp_min, exp_max = -6, 0
     levels = [0.0] + [s * 2.0 ** e for e in range(exp_min, exp_max + 1) for s in (1, -1)]
