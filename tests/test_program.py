@@ -211,3 +211,50 @@ def test_accelerator_ports_have_axi_names():
     for p in ("s_axil_awaddr", "s_axil_rdata", "s_axis_tdata", "s_axis_tlast",
               "m_axis_tvalid", "m_axis_tready", "irq"):
         assert p in names
+
+
+@pytest.mark.parametrize("lanes,rpc,kws,cin", [(4, 3, 1, 20), (4, 1, 1, 100), (1, 3, 1, 9),
+                                               (3, 6, 2, 7)])
+def test_row_address_splits_rows_without_multiplier(lanes, rpc, kws, cin):
+    """`RowAddress` (long division, no ``*``) against the integer formula, with stalls."""
+    from hw.sequencer import RowAddress
+    cfg = SDConfig(lanes=lanes, max_rows=256, block_rows=64)
+    dut = RowAddress(cfg)
+    S, L = cfg.basis_size, lanes
+    cgp, wq, w, wlast = 37, 5, 9, 7
+    rows = list(range(cin * rpc))
+    want = []
+    for r in rows:
+        c, rem = divmod(r, rpc)
+        ky, kxs = divmod(rem, kws)
+        want.append(((c // L) * cgp + ky * wq + kxs, c % L, ky, kxs * S,
+                     wlast if c == cin - 1 else w))
+    got = []
+    rng = np.random.default_rng(lanes + rpc)
+
+    async def bench(ctx):
+        for k, v in dict(RPC=rpc, KWS=kws, CIN=cin, IN_CGP=cgp, IN_WQ=wq, IN_W=w,
+                         IN_WLAST=wlast, RPC_L=rpc * L, LAST_ROW=(cin - 1) * rpc).items():
+            ctx.set(getattr(dut.desc, k), v)
+        i = 0
+        for _ in range(20 * len(rows) + 100):
+            send = i < len(rows) and rng.random() < 0.7
+            ctx.set(dut.rows.valid, send)
+            ctx.set(dut.rows.payload.row, rows[i] if send else 0)
+            ctx.set(dut.info.ready, rng.random() < 0.6)
+            await ctx.delay(1e-7)
+            taken = send and ctx.get(dut.rows.ready)
+            if ctx.get(dut.info.valid) and ctx.get(dut.info.ready):
+                p = dut.info.payload
+                got.append((ctx.get(p.row_off), ctx.get(p.lane), ctx.get(p.ky),
+                            ctx.get(p.kx0), ctx.get(p.wlim)))
+            await ctx.tick()
+            i += bool(taken)
+            if len(got) == len(rows):
+                break
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == want
+    assert dut.latency == len(RowAddress.stages(cfg)) + 1
