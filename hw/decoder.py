@@ -34,16 +34,39 @@ def _reciprocal(divisor: int, max_value: int) -> tuple[int, int]:
     raise ValueError(f"no exact reciprocal for division by {divisor} up to {max_value}")
 
 
-def const_div(value, divisor: int, max_value: int):
-    """``value // divisor`` for ``0 <= value <= max_value``, by shifts and adds only.
+#: quotients of inputs up to this many bits come from a table (a few LUTs per bit)
+_TABLE_BITS = 6
 
-    A power-of-two divisor is a shift; otherwise ``(value * m) >> k`` with the constant
-    multiplication written as a sum of shifted copies of ``value`` (no ``$mul`` cell).
+
+def _table(index, fn, width: int):
+    """``fn(index)`` for a constant function, as a tree of 2:1 muxes on ``index``'s bits
+    (plain logic that synthesis folds into LUTs and formal tools can model, unlike a
+    ROM read)."""
+    def node(bit, prefix):
+        if bit < 0:
+            return Const(fn(prefix), width)
+        return Mux(index[bit], node(bit - 1, prefix | (1 << bit)), node(bit - 1, prefix))
+    return node(len(index) - 1, 0)
+
+
+def const_div(value, divisor: int, max_value: int):
+    """``value // divisor`` for ``0 <= value <= max_value``, without a ``$mul`` or ``$div``.
+
+    The divisor's power-of-two factor is a shift (``n // (d * 2**z) == (n >> z) // d``).
+    What is left of a small dividend (at most `_TABLE_BITS` bits, e.g. a row index of
+    1024 rows over 192-row blocks: ``(row >> 6) // 3``) is a constant table, which maps
+    to one shallow LUT level per quotient bit; a wider one is ``(value * m) >> k`` with
+    the constant multiplication written as a sum of shifted copies of ``value``.
     """
     if divisor < 1:
         raise ValueError(f"divisor must be >= 1, got {divisor!r}")
-    if divisor & (divisor - 1) == 0:
-        return value >> (divisor.bit_length() - 1)
+    tz = (divisor & -divisor).bit_length() - 1
+    value, divisor, max_value = value >> tz, divisor >> tz, max_value >> tz
+    if divisor == 1:
+        return value
+    if max_value.bit_length() <= _TABLE_BITS:
+        n = max_value.bit_length()
+        return _table(value[:n], lambda v: v // divisor, (((1 << n) - 1) // divisor).bit_length())
     mult, k = _reciprocal(divisor, max_value)
     parts = [value << b for b in range(mult.bit_length()) if (mult >> b) & 1]
     total = parts[0]
@@ -142,7 +165,11 @@ class SparseDecoder(wiring.Component):
         m = Module()
 
         state = Signal(_State)
-        groups = Signal(cfg.group_bits)       # latched n_groups
+        # Groups after the current one and whether the current one is the final group:
+        # counted down and registered, so no `group == n_groups - 1` compare sits on
+        # the path into the checks and the output register (timing).
+        groups = Signal(cfg.group_bits)
+        final_group = Signal()
         rows_r = Signal(cfg.row_bits)         # latched n_rows (R)
         group = Signal(cfg.group_bits)        # current group
         remaining = Signal(cfg.row_bits)      # records left in the current group
@@ -183,7 +210,8 @@ class SparseDecoder(wiring.Component):
         # ---- start ---------------------------------------------------------------
         with m.If(self.start):
             m.d.sync += [self.error.eq(0), self.error_code.eq(DecodeError.NONE),
-                         groups.eq(self.n_groups), rows_r.eq(self.n_rows), group.eq(0),
+                         groups.eq(self.n_groups - 1), final_group.eq(self.n_groups == 1),
+                         rows_r.eq(self.n_rows), group.eq(0),
                          widx.eq(0), state.eq(_State.HEADER),
                          bad_args.eq((self.n_groups == 0) | (self.n_rows > cfg.max_rows))]
 
@@ -202,25 +230,27 @@ class SparseDecoder(wiring.Component):
 
         # ---- the final word of a header slot ---------------------------------------------
         with m.Elif(take & (state == _State.HEADER)):
-            self._header(m, slot, word.last, groups, rows_r, group, remaining, first_rec,
+            self._header(m, slot, word.last, (groups, final_group), rows_r, group, remaining, first_rec,
                          widx, state, fail)
 
         # ---- the final word of a record slot ---------------------------------------------
         with m.Elif(take & (state == _State.RECORD)):
-            self._record(m, slot, word.last, groups, rows_r, group, remaining, first_rec,
+            self._record(m, slot, word.last, (groups, final_group), rows_r, group, remaining, first_rec,
                          prev_row, prev_block, widx, state, fail)
         return m
 
     # ------------------------------------------------------------------ helpers
     def _final_group(self, group, groups):
-        return group == groups - 1
+        return groups[1]
 
     def _finish_group(self, m, group, groups, state):
         """Advance to the next group's header, or to idle after the final group."""
         with m.If(self._final_group(group, groups)):
             m.d.sync += [state.eq(_State.IDLE), self.done.eq(1)]
         with m.Else():
-            m.d.sync += [state.eq(_State.HEADER), group.eq(group + 1)]
+            left, final = groups
+            m.d.sync += [state.eq(_State.HEADER), group.eq(group + 1), left.eq(left - 1),
+                         final.eq(left == 1)]
 
     def _check_last(self, m, last, final, fail, ok):
         """Fail on ``last`` before the final word or missing on it; else run ``ok()``."""
@@ -288,6 +318,19 @@ class SparseDecoder(wiring.Component):
         m.d.comb += any_bad.eq(Cat(*bad_code).any())
         final = Signal()
         m.d.comb += final.eq((remaining == 1) & self._final_group(group, groups))
+        # The payload and the record bookkeeping load on every completing record word,
+        # checked or not: a failing slot never sets `rows.valid` (and the decoder goes
+        # idle, so the bookkeeping is reloaded by the next header), and the words are
+        # only taken while the output register is free.  Only `valid`, the state and
+        # the group counters wait for the checks, which keeps the check chains' fan-out
+        # small (timing).
+        m.d.sync += loads + [
+            p.row.eq(row), p.block.eq(block), p.group.eq(group),
+            p.new_block.eq(first_rec | (block != prev_block)),
+            p.first.eq(first_rec), p.last.eq(remaining == 1), p.empty.eq(0),
+            prev_row.eq(row), prev_block.eq(block), first_rec.eq(0),
+            remaining.eq(remaining - 1),
+        ]
         with m.If(row >= rows_r):
             fail(DecodeError.ROW_RANGE)
         with m.Elif(~first_rec & (row <= prev_row)):
@@ -298,14 +341,7 @@ class SparseDecoder(wiring.Component):
             fail(DecodeError.PADDING)
         with m.Else():
             def ok():
-                m.d.sync += loads + [
-                    self.rows.valid.eq(1),
-                    p.row.eq(row), p.block.eq(block), p.group.eq(group),
-                    p.new_block.eq(first_rec | (block != prev_block)),
-                    p.first.eq(first_rec), p.last.eq(remaining == 1), p.empty.eq(0),
-                    prev_row.eq(row), prev_block.eq(block), first_rec.eq(0),
-                    remaining.eq(remaining - 1),
-                ]
+                m.d.sync += self.rows.valid.eq(1)
                 with m.If(remaining == 1):
                     self._finish_group(m, group, groups, state)
             self._check_last(m, last, final, fail, ok)

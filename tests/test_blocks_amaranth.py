@@ -339,12 +339,13 @@ def test_reciprocal_division_exact(divisor):
     assert np.array_equal((n * mult) >> k, n // divisor)
 
 
-@pytest.mark.parametrize("divisor", [64, 192])
+@pytest.mark.parametrize("divisor", [3, 64, 96, 192, 1000])
 def test_const_div_circuit(divisor):
-    """The shift-add row -> block division, simulated for every row index."""
+    """The row -> block division (table after the power-of-two shift, or shift-add
+    reciprocal), simulated for every row index."""
     max_value = 1023
     m = Module()
-    value, quotient = Signal(10), Signal(8)
+    value, quotient = Signal(10), Signal(10)
     m.d.comb += quotient.eq(const_div(value, divisor, max_value))
     bad = []
 
