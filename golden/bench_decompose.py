@@ -14,8 +14,9 @@ Functions return plain dicts (the ``smartdeal bench`` decompose section calls th
   from ``getrusage`` (so the figure is the process's whole footprint, torch included).
 
 Wall-clock time is reported (``*_us_per_weight``) together with the process CPU time
-(``*_cpu_us_per_weight``): on a shared machine the wall clock also counts time spent
-waiting for a core.
+(``*_cpu_us_per_weight``, summed over the worker threads) and the 1-minute load
+average when the run ended (``load_avg``, None where the OS has none): on a shared
+machine the wall clock also counts time spent waiting for a core.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -64,6 +66,14 @@ def compare_codes(a, b) -> dict:
         "rel_error_batched": ea, "rel_error_loop": eb,
         "rel_error_rel_diff": abs(ea - eb) / max(eb, 1e-300),
     }
+
+
+def _load_avg() -> float | None:
+    """1-minute load average (None where ``os.getloadavg`` is unavailable)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _timed(fn, *args, **kwargs):
@@ -117,6 +127,7 @@ def bench_shape(shape, *, config=None, seed: int = 0, loop_filters: int = 32,
         "loop_us_per_weight": lwall / nk * 1e6, "loop_cpu_us_per_weight": lcpu / nk * 1e6,
         "rel_error": sdw.extra["rel_error"], "mean_iterations": sdw.extra["mean_iterations"],
         "bits_per_weight": sdw.storage_bits().bits_per_weight,
+        "load_avg": _load_avg(),
     }
     out["speedup"] = out["loop_us_per_weight"] / out["batched_us_per_weight"]
     out["speedup_cpu"] = out["loop_cpu_us_per_weight"] / out["batched_cpu_us_per_weight"]
@@ -157,7 +168,7 @@ def _resnet18_child(config: str | None, seed: int, workers: int) -> dict:
             "cpu_seconds": cpu, "us_per_weight": seconds / total * 1e6,
             "peak_gb": peak / 1e9, "baseline_gb": base / 1e9,
             "mean_rel_error": sum(errors) / len(errors),
-            "workers": default_workers(workers)}
+            "workers": default_workers(workers), "load_avg": _load_avg()}
 
 
 def bench_resnet18(*, config=None, seed: int = 0, workers: int = 0) -> dict:
@@ -195,6 +206,10 @@ def run_all(*, quick: bool = False, workers: int = 0, config=None,
     return out
 
 
+def _fmt_load(load: float | None) -> str:
+    return "n/a" if load is None else f"{load:.2f}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m golden.bench_decompose",
                                 description="Measure the batched SD decomposition.")
@@ -220,12 +235,14 @@ def main(argv=None) -> int:
               f"us/w (cpu {r['batched_cpu_us_per_weight']:.3f})  loop "
               f"{r['loop_us_per_weight']:.3f} us/w  speedup {r['speedup']:.1f}x "
               f"(cpu {r['speedup_cpu']:.1f}x)  codes equal {eq['code_agreement']:.5f}  "
-              f"rel.err {r['rel_error']:.4f}  workers {r['workers']}")
+              f"rel.err {r['rel_error']:.4f}  workers {r['workers']}  "
+              f"load {_fmt_load(r['load_avg'])}")
     if "resnet18" in res:
         r = res["resnet18"]
         print(f"resnet18 {r['weights'] / 1e6:.2f} M weights: {r['seconds']:.1f} s "
-              f"({r['us_per_weight']:.3f} us/w), peak {r['peak_gb']:.2f} GB "
-              f"(baseline {r['baseline_gb']:.2f} GB)")
+              f"(cpu {r['cpu_seconds']:.1f} s, {r['us_per_weight']:.3f} us/w), peak "
+              f"{r['peak_gb']:.2f} GB (baseline {r['baseline_gb']:.2f} GB)  "
+              f"load {_fmt_load(r['load_avg'])}")
     return 0
 
 
