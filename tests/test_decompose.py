@@ -242,6 +242,8 @@ def _agreement(a, b) -> float:
     ((10, 130), {}),
     ((12, 5, 5, 5), {"row_threshold": True}),
     ((16, 8, 3, 3), {"prune": 0.3}),
+    ((20, 6, 3, 3), {"iterations": 2}),
+    ((20, 6, 3, 3), {"tolerance": 0.1, "dtype": torch.float64}),
 ])
 def test_batched_equals_loop_random(shape, options):
     torch.manual_seed(5)
@@ -252,6 +254,10 @@ def test_batched_equals_loop_random(shape, options):
     assert _agreement(a, b) >= 0.999
     assert a.extra["rel_error"] == pytest.approx(b.extra["rel_error"], rel=1e-6)
     assert torch.equal(a.row_keep, b.row_keep)
+    # every block stops at the loop's iteration (stopped blocks are saved at once,
+    # whenever the active set is compacted)
+    assert (a.extra["mean_iterations"], a.extra["max_iterations"]) == \
+        (b.extra["mean_iterations"], b.extra["max_iterations"])
 
 
 def test_batched_equals_loop_two_terms():
