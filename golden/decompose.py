@@ -275,60 +275,66 @@ def _normalise(a: torch.Tensor, top: int, dtype: torch.dtype):
 class _Projector:
     """`golden.quantize.project` into caller-owned buffers (the hot loop's form).
 
-    The same IEEE-754 rounding as `golden.quantize.pow2_round` (add half the mantissa
-    range to the magnitude's bits, clear the mantissa, clamp to the exponent range;
-    zero below the cut; restore the sign), written as in-place integer passes over
-    scratch buffers allocated once per chunk: no fresh multi-megabyte tensor per call
-    (each costs page faults on first touch), and 9 passes instead of 10 (the zero cut
-    is a 0/1 factor).  Results are bitwise those of `golden.quantize.project`
-    (``tests/test_decompose.py``).
+    The same rounding as `golden.quantize.pow2_round`, in seven passes over buffers
+    allocated once per chunk (fresh multi-megabyte tensors cost page faults):
+
+    1. ``hardshrink`` zeroes every ``|x| < cut`` (it keeps ``|x| > lambda``, and
+       ``lambda`` is the float just below the cut): the zero cut, both signs, one pass;
+    2. ``sign`` (0 for those zeros);
+    3-6. magnitude bits ``+ half``, clear the mantissa, clamp to ``[2**exp_min,
+       2**exp_max]``: the nearest power of two with ties up (see `golden.quantize`);
+    7. times the sign, which also turns the clamped zeros back into 0 (never -0.0).
+
+    Bitwise equal to `golden.quantize.project` (``tests/test_decompose.py``); the
+    integer form there takes ten passes (the cut and the sign as bit masks).
     """
 
     def __init__(self, shape, dtype: torch.dtype, exp_min: int, exp_max: int, terms: int,
                  threshold: float):
         self.idt, mbits = (torch.int32, 23) if dtype == torch.float32 else (torch.int64, 52)
         nbits = torch.iinfo(self.idt).bits
-        self.sign_mask = -(1 << (nbits - 1))
-        self.mag_mask = (1 << (nbits - 1)) - 1
         self.exp_field = ((1 << (nbits - 1 - mbits)) - 1) << mbits
         self.half = 1 << (mbits - 1)
 
         def bits(v: float) -> int:
             return int(torch.tensor(v, dtype=dtype).view(self.idt))
 
+        def below(v: float) -> float:
+            """The ``dtype`` number just below ``v`` (itself rounded to ``dtype``)."""
+            t = torch.tensor(v, dtype=dtype)
+            return float(torch.nextafter(t, torch.zeros_like(t)))
+
         self.lo, self.hi = bits(2.0 ** exp_min), bits(2.0 ** exp_max)
-        self.cut = bits(2.0 ** (exp_min - 1))        # below half the smallest level: 0
-        self.cut_first = max(self.cut, bits(float(threshold))) if threshold > 0 else self.cut
+        cut = 2.0 ** (exp_min - 1)                   # below half the smallest level: 0
+        self.lam = below(cut)
+        thr = float(torch.tensor(float(threshold), dtype=dtype)) if threshold > 0 else 0.0
+        self.lam_first = below(max(cut, thr))
         self.terms = terms
-        self.mag = torch.empty(shape, dtype=self.idt)
-        self.sign = torch.empty(shape, dtype=self.idt)
+        self.shrunk = torch.empty(shape, dtype=dtype)
+        self.sign = torch.empty(shape, dtype=dtype)
         if terms == 2:
             self.residual = torch.empty(shape, dtype=dtype)
             self.second = torch.empty(shape, dtype=dtype)
 
-    def _round(self, x: torch.Tensor, out: torch.Tensor, cut: int) -> None:
+    def _round(self, x: torch.Tensor, out: torch.Tensor, lam: float) -> None:
         n = x.shape[0]
-        bits, q = x.view(self.idt), out.view(self.idt)
-        mag, sign = self.mag[:n], self.sign[:n]
-        torch.bitwise_and(bits, self.mag_mask, out=mag)
-        torch.add(mag, self.half, out=q)
-        q.bitwise_and_(self.exp_field).clamp_(self.lo, self.hi)
-        torch.bitwise_and(bits, self.sign_mask, out=sign)
-        q.bitwise_or_(sign)
-        # 1 where the magnitude reaches the cut, 0 below: zero cut without a bool mask
-        # (masked_fill / where are several times slower than integer passes); applied
-        # after the sign so that no -0.0 appears.
-        q.mul_(mag.sub_(cut - 1).clamp_(0, 1))
+        y, sign = self.shrunk[:n], self.sign[:n]
+        torch.ops.aten.hardshrink.out(x, lam, out=y)
+        torch.sign(y, out=sign)
+        torch.abs(y, out=out)
+        q = out.view(self.idt)
+        q.add_(self.half).bitwise_and_(self.exp_field).clamp_(self.lo, self.hi)
+        out.mul_(sign)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Write the projection of ``x`` (contiguous, leading dim <= the buffers') into
         ``out`` (same shape, contiguous, not ``x``); return ``out``."""
-        self._round(x, out, self.cut_first)
+        self._round(x, out, self.lam_first)
         if self.terms == 2:
             n = x.shape[0]
             res, second = self.residual[:n], self.second[:n]
             torch.sub(x, out, out=res)
-            self._round(res, second, self.cut)
+            self._round(res, second, self.lam)
             out.add_(second)
         return out
 
