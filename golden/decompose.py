@@ -223,6 +223,18 @@ def _ridge_solve(g: torch.Tensor, rhs: torch.Tensor, ridge: float) -> torch.Tens
     return torch.linalg.solve(_ridge(g, ridge), rhs.to(torch.float64))
 
 
+def _gram_is_exact(exp_min: int, top: int, terms: int, m: int, dtype: torch.dtype) -> bool:
+    """Whether ``Cq Cq^T`` of an ``S x m`` block is exact in ``dtype``.
+
+    Coefficients are multiples of ``2**exp_min`` below ``2**(top + terms)``, so every
+    product and partial sum is a multiple of ``2**(2 exp_min)`` below
+    ``m * 4**(top + terms)``; it is exact when that span fits the mantissa.  Then
+    equal ``Cq`` give bitwise equal Gram matrices, whatever the summation order.
+    """
+    mant = 24 if dtype == torch.float32 else 53
+    return 2 * (top + terms - exp_min) + math.ceil(math.log2(max(m, 1))) <= mant
+
+
 def _fit_basis(cqt: torch.Tensor, at: torch.Tensor, ridge: float) -> torch.Tensor:
     """Least-squares ``B`` of ``Cq B ~= A`` per block, float64 ``(nb, S, S)``.
 
@@ -383,12 +395,25 @@ def solve_blocks(blocks: torch.Tensor, exp_min: int, top: int, terms: int,
     live = None                         # which active blocks still iterate (None: all)
     n_live = nb
     a_w, ce_w, prev = a, a, None
+    gram_test = _gram_is_exact(exp_min, top, terms, a.shape[2], dtype) \
+        and tol < 2.0 ** (exp_min - 1)
     for it in range(opts.iterations):
         n = act.numel()
         cq = project(ce_w, cq_new[:n])
+        gram = torch.bmm(cq, cq.transpose(1, 2))
+        rhs = torch.bmm(cq, a_w.transpose(1, 2))
         if prev is not None:
-            d = torch.sub(cq, prev, out=diff[:n]).abs_()
-            changed = d.view(n, -1).amax(1) > tol
+            if gram_test:
+                # Cq = prev implies an equal (exact) Gram matrix; only blocks whose Gram
+                # did not change (the few that may stop) are compared element-wise.
+                changed = (gram != gram_prev).view(n, -1).any(1)
+                cand = (~changed).nonzero().squeeze(1)
+                if cand.numel():
+                    d = cq.index_select(0, cand).sub_(prev.index_select(0, cand))
+                    changed[cand] = d.abs_().view(cand.numel(), -1).amax(1) > tol
+            else:
+                d = torch.sub(cq, prev, out=diff[:n]).abs_()
+                changed = d.view(n, -1).amax(1) > tol
             stopped = ~changed if live is None else live & ~changed
             idx = stopped.nonzero().squeeze(1)
             if idx.numel():
@@ -409,12 +434,13 @@ def solve_blocks(blocks: torch.Tensor, exp_min: int, top: int, terms: int,
                     a_w = torch.index_select(a_w, 0, keep, out=a_bufs[a_slot][:n_live])
                     cq = torch.index_select(cq, 0, keep, out=cq_old[:n_live])
                     cq_new, cq_old = cq_old, cq_new
+                    gram, rhs = gram.index_select(0, keep), rhs.index_select(0, keep)
                     act, live = act[keep], None
-        b = _fit_basis(cq, a_w, ridge)
+        b = _ridge_solve(gram, rhs, ridge)
         ce_w = torch.bmm(_ce_operator_t(b, ridge, dtype), a_w, out=ce_buf[:act.numel()])
         if opts.row_threshold:
             ce_w = _row_threshold_t(ce_w, thr)
-        prev = cq
+        prev, gram_prev = cq, gram
         cq_new, cq_old = cq_old, cq_new
     if n_live:                          # blocks that ran all iterations
         idx = torch.arange(act.numel()) if live is None else live.nonzero().squeeze(1)
