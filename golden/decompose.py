@@ -207,7 +207,12 @@ def _ridge(g: torch.Tensor, ridge: float) -> torch.Tensor:
     """
     h = g.to(torch.float64, copy=True)
     diag = h.diagonal(dim1=-2, dim2=-1)
-    lam = ridge * (1.0 + diag.sum(-1) / h.shape[-1])
+    # The trace as explicit left-to-right adds (what torch.trace of one block does):
+    # a reduction over the strided diagonal cost ~10x more per call.
+    trace = diag[..., 0]
+    for i in range(1, h.shape[-1]):
+        trace = trace + diag[..., i]
+    lam = ridge * (1.0 + trace / h.shape[-1])
     diag.add_(lam[..., None])
     return h
 
@@ -534,8 +539,14 @@ def _term_codes(q: torch.Tensor, exp_min: int, exp_max: int):
     # adding +0.0 turns a -0.0 into +0.0, so no "negative zero" code appears.
     q = q.to(torch.float32) + 0.0
     bits = q.view(torch.int32)
-    exponent = ((bits >> 23) & 0xFF).sub_(127).clamp_(exp_min, exp_max).to(torch.int8)
-    return q != 0, bits < 0, exponent
+    # Masks as 0/1 integers viewed as bool, and the exponent field masked before the
+    # shift: comparisons producing bool tensors, and ``(bits >> 23) & 0xFF``, were
+    # several times slower (this function was 5 % of a decomposition).
+    mag = bits & 0x7FFFFFFF
+    exponent = (mag >> 23).sub_(127).clamp_(exp_min, exp_max).to(torch.int8)
+    mask = mag.clamp_(0, 1).to(torch.uint8).view(torch.bool)
+    sign = (bits >> 31).neg_().to(torch.uint8).view(torch.bool)
+    return mask, sign, exponent
 
 
 def _sum_squares(t: torch.Tensor) -> float:
