@@ -7,11 +7,12 @@ import gc
 
 import numpy as np
 import pytest
+from amaranth import Module, Signal, signed
 from amaranth.sim import Simulator
 
 from golden.intops import shift_pow2
 from hw.config import PRESETS, SDConfig
-from hw.shifter import Pow2Shift, Pow2Shifter
+from hw.shifter import Pow2Shift, Pow2Shifter, carry_sum
 
 NARROW = SDConfig(basis_bits=6, exp_min=-3, exp_max=0)
 
@@ -105,3 +106,34 @@ def test_stream_stage_latency_and_backpressure():
     sim.run()
     assert log == expected
     assert Pow2Shifter.LATENCY == 1
+
+
+@pytest.mark.parametrize("n_values,n_carries", [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (3, 0)])
+def test_carry_sum_adds_values_and_carries(n_values, n_carries):
+    """Every adder absorbs one carry; leftovers (a power-of-two tree) are added last."""
+    rng = np.random.default_rng(n_values * 10 + n_carries)
+    width = 6
+    lo, hi = -(1 << (width - 1)), (1 << (width - 1))
+    values = [Signal(signed(width), name=f"v{k}") for k in range(n_values)]
+    carries = [Signal(name=f"c{k}") for k in range(n_carries)]
+    m = Module()
+    total = Signal(signed(width + 4))
+    m.d.comb += total.eq(carry_sum(values, carries))
+    # the extremes first, then random operands
+    cases = [([lo] * n_values, [1] * n_carries), ([hi - 1] * n_values, [1] * n_carries),
+             ([lo] * n_values, [0] * n_carries)]
+    cases += [(rng.integers(lo, hi, n_values).tolist(), rng.integers(0, 2, n_carries).tolist())
+              for _ in range(300)]
+    bad = []
+
+    async def bench(ctx):
+        for vs, cs in cases:
+            for sig, v in zip(values + carries, vs + cs):
+                ctx.set(sig, v)
+            if ctx.get(total) != sum(vs) + sum(cs):
+                bad.append((vs, cs, ctx.get(total)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not bad, f"(values, carries, got): {bad[:3]}"
