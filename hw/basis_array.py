@@ -55,7 +55,7 @@ class BasisArray(wiring.Component):
         ``B[j][i]`` at bit ``(j * S + i) * basis_bits``).  The shadow bank counts as full
         once the word of lane ``lanes - 1`` is written (lanes are written in order
         ``0 ... lanes - 1``); ``basis.ready`` is low while it is full, except in the
-        cycle a row swaps the banks (the freed bank takes a word at once).
+        cycle a row copies it into the current basis (it takes a word at once).
     rows : In(stream.Signature(decoded_row_layout(config)))
         Decoded coefficient rows.  A row with ``new_block`` copies the shadow bank into
         the *current* basis (the shadow is then free for the next block); such a row
