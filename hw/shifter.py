@@ -12,13 +12,13 @@ complement (``~(b << k) = -(b << k) - 1``) folded into the first 2:1 mux level o
 logarithmic shifter, the zero code gates the last level, and the missing ``+1`` is a carry
 that `carry_sum` injects into the adder tree (one per adder, for free).  A term then needs
 ``basis_bits + max_shift`` bits and one LUT4 per bit and shift level, with no negation.
-`Pow2Shift` is that term plus its carry (the exact value, for tests and small uses);
+`Pow2Shift` is the exact term on its own (shift, then conditional negation);
 `Pow2Shifter` wraps it in a registered stream stage.
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -140,7 +140,7 @@ class Pow2Shift(wiring.Component):
 
     Notes
     -----
-    Purely combinational (latency 0): `ones_term` and the increment by its carry.
+    Purely combinational (latency 0): a logarithmic shifter and a conditional negation.
     """
 
     def __init__(self, config: SDConfig):
@@ -155,10 +155,12 @@ class Pow2Shift(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        term, carry = ones_term(self.value, self.sign, self.shift, self.enable,
-                                self.config.max_shift)
-        # shifted_bits has one bit more than the term: -(basis_min << max_shift) fits.
-        m.d.comb += self.result.eq(term + carry)
+        # A lone exact term: shift, then negate.  (Inside the basis array the negation
+        # is deferred to the adder tree, see `ones_term`; here there is no tree, and an
+        # increment after `ones_term` would cost as much as the negation.)
+        shifted = log_shift(self.value, self.shift, Const(0, 1), self.config.max_shift)
+        # shifted_bits has one bit more than `shifted`: -(basis_min << max_shift) fits.
+        m.d.comb += self.result.eq(Mux(self.enable, Mux(self.sign, -shifted, shifted), 0))
         return m
 
 

@@ -12,7 +12,7 @@ from amaranth.sim import Simulator
 
 from golden.intops import shift_pow2
 from hw.config import PRESETS, SDConfig
-from hw.shifter import Pow2Shift, Pow2Shifter, carry_sum
+from hw.shifter import Pow2Shift, Pow2Shifter, carry_sum, ones_term
 
 NARROW = SDConfig(basis_bits=6, exp_min=-3, exp_max=0)
 
@@ -137,3 +137,36 @@ def test_carry_sum_adds_values_and_carries(n_values, n_carries):
     sim.add_testbench(bench)
     sim.run()
     assert not bad, f"(values, carries, got): {bad[:3]}"
+
+
+@pytest.mark.parametrize("config", [NARROW, PRESETS["default"]], ids=["b6_e4", "default"])
+def test_ones_term_plus_carry_is_exact(config):
+    """The basis array's term: ``term + carry`` equals the exact shifted term (or 0)."""
+    value, sign, shift, enable = (Signal(signed(config.basis_bits)), Signal(),
+                                  Signal(config.shift_code_bits), Signal())
+    term_sig = Signal(signed(config.basis_bits + config.max_shift))
+    carry_sig = Signal()
+    m = Module()
+    term, carry = ones_term(value, sign, shift, enable, config.max_shift)
+    m.d.comb += [term_sig.eq(term), carry_sig.eq(carry)]
+    assert len(term) == config.basis_bits + config.max_shift
+    values = np.arange(config.basis_min, config.basis_max + 1)
+    v, s, k = (a.ravel() for a in np.meshgrid(values, [0, 1], np.arange(config.max_shift + 1)))
+    expected = shift_pow2(v, s, k).tolist()
+    bad = []
+
+    async def bench(ctx):
+        for vi, si, ki, ei in zip(v.tolist(), s.tolist(), k.tolist(), expected):
+            ctx.set(value, vi)
+            ctx.set(sign, si)
+            ctx.set(shift, ki)
+            for en, want in ((1, ei), (0, 0)):
+                ctx.set(enable, en)
+                got = ctx.get(term_sig) + ctx.get(carry_sig)
+                if got != want:
+                    bad.append((vi, si, ki, en, want, got))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not bad, f"(value, sign, shift, enable, expected, term + carry): {bad[:5]}"
