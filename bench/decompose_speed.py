@@ -116,7 +116,12 @@ def run(ctx: Context) -> SectionOutput:
                  f"{r['seconds']}, peak memory {r['peak_gb']} (torch import alone "
                  f"{r['baseline_gb']:.2f} GB)." if r else
                  unavailable["decompose.resnet18_seconds"] + ".")
+    loads = [r["load_avg"] for runs in raw.values() for r in runs
+             if r.get("load_avg") is not None]
+    values["load_avg"] = [min(loads), max(loads)] if loads else None
     notes.append("Wall-clock figures on a shared 2-core machine include time waiting for a "
-                 "core; the CPU-time speed-up is shown next to it.")
+                 "core; the CPU-time speed-up is shown next to it"
+                 + (f" (1-minute load average {min(loads):.1f}-{max(loads):.1f} during "
+                    f"the runs)." if loads else "."))
     return SectionOutput(values=values, measured=measured, plots=[plot], notes=notes,
                          unavailable=unavailable)
