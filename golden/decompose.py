@@ -275,18 +275,19 @@ def _alpha(amax: torch.Tensor, top: int) -> torch.Tensor:
 def _normalise(a: torch.Tensor, top: int, dtype: torch.dtype):
     """Scale every block so its largest magnitude is ``2**top``.
 
-    ``a`` is ``(nb, S, m)`` (a transposed view is fine); returns a contiguous ``dtype``
-    copy and the float64 ``alpha``.  The product is taken in float64 and rounded once
-    (``2**top / max|A|`` overflows float32 for subnormal weights, and one rounding keeps
-    the shipped checkpoint reproducible); `solve_block_loop` does the same.
+    ``a`` is ``(..., S, m)`` (a strided view is fine); returns a contiguous ``dtype``
+    copy ``(nb, S, m)`` (leading dimensions flattened) and the float64 ``alpha``
+    ``(nb,)``.  The product is taken in float64 and rounded once (``2**top / max|A|``
+    overflows float32 for subnormal weights, and one rounding keeps the shipped
+    checkpoint reproducible); `solve_block_loop` does the same.
     """
-    alpha = _alpha(a.abs().amax(dim=(1, 2)), top)
+    alpha = _alpha(a.abs().amax(dim=(-2, -1)), top)
     # float32 x float64 into a float32 ``out``: computed in float64 element by element
     # and rounded on store, bitwise ``(a.to(float64) * alpha).to(dtype)`` without the
     # two float64 temporaries (fresh allocations cost page faults).
     out = torch.empty(a.shape, dtype=dtype)
-    torch.mul(a, alpha[:, None, None], out=out)
-    return out, alpha
+    torch.mul(a, alpha[..., None, None], out=out)
+    return out.view(-1, *a.shape[-2:]), alpha.reshape(-1)
 
 
 class _Projector:
@@ -369,8 +370,9 @@ def solve_blocks(blocks: torch.Tensor, exp_min: int, top: int, terms: int,
 
     Parameters
     ----------
-    blocks : torch.Tensor, shape (nb, m, S), float32 or float64
-        The blocks (zero rows for padding and pruned rows).
+    blocks : torch.Tensor, shape (nb, m, S) or (f, k, m, S), float32 or float64
+        The blocks (zero rows for padding and pruned rows); a 4-d view (``k`` blocks of
+        ``f`` filters, any strides) is read as ``f * k`` blocks without a copy.
 
     Returns
     -------
@@ -383,7 +385,7 @@ def solve_blocks(blocks: torch.Tensor, exp_min: int, top: int, terms: int,
     """
     dtype = opts.dtype
     # Work on transposed blocks (nb, S, m): every product then streams contiguous rows.
-    a, alpha = _normalise(blocks.transpose(1, 2), top, dtype)
+    a, alpha = _normalise(blocks.transpose(-2, -1), top, dtype)
     nb = a.shape[0]
     thr, tol, ridge = opts.threshold, opts.tolerance, opts.ridge
     project = _Projector(a.shape, dtype, exp_min, top, terms, thr)
@@ -698,22 +700,60 @@ def _run_serial(weight, config, name, options, solver) -> SDWeight:
     starts = list(range(0, cout, filters))
     workers = min(workers, len(starts))
     fan_in = math.prod(w.shape[1:])
+    # The last block of a filter may hold only m_last < m real rows (a 4096-wide FC
+    # filter: 1366 rows in 8 blocks of 192, 11 % padding).  The batched solver takes
+    # these blocks apart, padding cut off, all filters in one batch (per chunk they
+    # were too small a batch to pay off); zero rows add nothing to any product, so
+    # the codes are those of the padded blocks (equivalence tests).  The loop
+    # reference solves the padded blocks as they are.
+    m_last = r - (n_blocks - 1) * m
+    split = solver is solve_blocks and n_blocks > 1 and m_last < m
+    per_filter = blocks.view(cout, n_blocks, m, s)
+    tails = None
+
+    def solve_tails(t0: int):
+        with torch.no_grad():
+            return solve_blocks(per_filter[t0:t0 + t_filters, -1, :m_last], cfg.exp_min,
+                                top, cfg.terms, opts)
 
     def work(f0: int) -> float:
         """Solve and finish one chunk; writes disjoint slices of ``res``."""
         with torch.no_grad():
-            chunk = blocks[f0 * n_blocks:min(cout, f0 + filters) * n_blocks]
-            cqt, basis, iters = solver(chunk, cfg.exp_min, top, cfg.terms, opts)
+            f1 = min(cout, f0 + filters)
+            chunk = blocks[f0 * n_blocks:f1 * n_blocks]
+            if not split:
+                cqt, basis, iters = solver(chunk, cfg.exp_min, top, cfg.terms, opts)
+            else:
+                f = f1 - f0
+                cq_a, b_a, it_a = solve_blocks(per_filter[f0:f1, :-1], cfg.exp_min, top,
+                                               cfg.terms, opts)
+                cqt = cq_a.new_zeros(f, n_blocks, s, m)
+                cqt[:, :-1] = cq_a.view(f, n_blocks - 1, s, m)
+                cqt[:, -1, :, :m_last] = tails[0][f0:f1]
+                cqt = cqt.view(-1, s, m)
+                basis = torch.cat([b_a.view(f, n_blocks - 1, s, s),
+                                   tails[1][f0:f1, None]], 1).view(-1, s, s)
+                iters = torch.cat([it_a.view(f, n_blocks - 1),
+                                   tails[2][f0:f1, None]], 1).view(-1)
             return _finish_chunk(res, f0, cqt, basis, iters, chunk, cfg, n_blocks, fan_in)
 
-    # Intra-op parallelism is off (see `_run`): the per-chunk tensors are small, and
-    # OpenMP barriers spin for a whole time slice whenever another process holds a core
-    # (measured: 30x slower on this 2-core machine under load); chunks run in parallel.
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(work, starts))
-    else:
-        parts = [work(f0) for f0 in starts]
+    def run_all(fn, items):
+        # Intra-op parallelism is off (see `_run`): the per-chunk tensors are small, and
+        # OpenMP barriers spin for a whole time slice whenever another process holds a
+        # core (measured: 30x slower on this 2-core machine under load); chunks run in
+        # parallel on the workers instead.
+        if workers > 1 and len(items) > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                return list(pool.map(fn, items))
+        return [fn(i) for i in items]
+
+    if split:
+        n_t = -(-cout * m_last * s // opts.chunk_weights)
+        n_t = min(cout, -(-n_t // workers) * workers)
+        t_filters = -(-cout // n_t)
+        outs = run_all(solve_tails, list(range(0, cout, t_filters)))
+        tails = tuple(torch.cat([o[k] for o in outs]) for k in range(3))
+    parts = run_all(work, starts)
     res.err2 = math.fsum(parts)                  # chunk order: same sum for any workers
     row_keep = keep & _group_rows_nonzero(res.mask, cfg.lanes)
     total2 = _sum_squares(w)
