@@ -289,6 +289,16 @@ def test_chunking_does_not_change_the_result():
     threads = torch.get_num_threads()
     decompose(w, workers=1)
     assert torch.get_num_threads() == threads               # intra-op setting restored
+    # filters of several blocks, the last one padded (solved apart, all filters at once)
+    cfg = DEFAULT.replace(block_rows=16)
+    w = torch.randn(13, 130)                                 # 44 rows: 16 + 16 + 12
+    a = decompose(w, cfg, workers=1)
+    b = decompose(w, cfg, chunk_weights=200, workers=3)
+    c = decompose_reference_loop(w, cfg)
+    for other in (b, c):
+        assert torch.equal(a.exponent, other.exponent) and torch.equal(a.mask, other.mask)
+        assert torch.equal(a.basis, other.basis)
+        assert a.extra["max_iterations"] == other.extra["max_iterations"]
 
 
 def test_float64_working_precision_agrees():
