@@ -243,7 +243,15 @@ class LayerDatapath(wiring.Component):
                      seq.info.valid.eq(info_fifo.r_rdy), seq.info.payload.eq(info_fifo.r_data),
                      info_fifo.r_en.eq(seq.info.ready)]
         if sd:
-            wiring.connect(m, wsrc, seq.weights)
+            # Two-entry buffer: the sequencer's take (row end, pairing) no longer chains
+            # through the basis array's ready into the basis loader (the critical path
+            # of the first 25k run); two entries keep one row per cycle.
+            m.submodules.weights_buf = wb = fifo.SyncFIFO(width=wl.size, depth=2)
+            wsrc_sig = Signal(wl)
+            m.d.comb += [wb.w_data.eq(wsrc.payload), wb.w_en.eq(wsrc.valid),
+                         wsrc.ready.eq(wb.w_rdy), wsrc_sig.eq(wb.r_data),
+                         seq.weights.valid.eq(wb.r_rdy), seq.weights.payload.eq(wsrc_sig),
+                         wb.r_en.eq(seq.weights.ready)]
             rows_in = Signal()
             m.d.comb += rows_in.eq(wsrc.valid & wsrc.ready)
         else:

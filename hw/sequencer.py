@@ -211,9 +211,12 @@ class RowSequencer(wiring.Component):
         a = g.act + 2
         return {
             "b": unsigned(g.dim), "oy": unsigned(g.dim), "ox": unsigned(g.dim),
-            "ixb": signed(g.dim + 2), "ixq": signed(g.dim + 2),
-            "ixm": unsigned(g.s_bits), "iyb": signed(g.dim + 2),
-            "line": signed(a + g.dim), "img": unsigned(a + g.dim),
+            "ixb": signed(g.dim + 2), "ixm": unsigned(g.s_bits), "iyb": signed(g.dim + 2),
+            # bank-word address of the item (IN_BASE + b*IN_PITCH), of the window's
+            # first line (+ iyb*IN_WQ) and of its first column (+ ixb // S); kept as
+            # running sums so an issue adds only the row's offset
+            "ibase": signed(a + g.dim + 2), "lbase": signed(a + g.dim + 2),
+            "pbase": signed(a + g.dim + 2),
         }
 
     def elaborate(self, platform):
@@ -243,29 +246,39 @@ class RowSequencer(wiring.Component):
         # ---- first position of the layer ------------------------------------------
         m.d.comb += [
             first_pos.b.eq(0), first_pos.oy.eq(0), first_pos.ox.eq(0),
-            first_pos.ixb.eq(d.NEG_PAD_X), first_pos.ixq.eq(d.PAD_Q),
+            first_pos.ixb.eq(d.NEG_PAD_X),
             first_pos.ixm.eq(d.PAD_M), first_pos.iyb.eq(d.NEG_PAD_Y),
-            first_pos.line.eq(d.LINE0), first_pos.img.eq(0),
+            first_pos.ibase.eq(d.IN_BASE), first_pos.lbase.eq(d.IN_BASE + d.LINE0),
+            first_pos.pbase.eq(d.IN_BASE + d.LINE0 + d.PAD_Q),
         ]
 
         # ---- next position (incremental, no multiplier) ------------------------------
+        # Sums of descriptor fields the line / item steps add, registered (the descriptor
+        # is stable while a layer runs and the first step comes cycles after its start).
+        a = g.act + g.dim + 2
+        k_line, k_img, k_img_p = (Signal(signed(a), name=n) for n in
+                                  ("k_line", "k_img", "k_img_p"))
+        m.d.sync += [k_line.eq(d.LINE_STEP + d.PAD_Q), k_img.eq(d.IN_PITCH + d.LINE0),
+                     k_img_p.eq(d.IN_PITCH + d.LINE0 + d.PAD_Q)]
         ixm_sum = Signal(unsigned(g.s_bits + 1))
         carry = Signal()
         m.d.comb += [ixm_sum.eq(cur.ixm + d.STRIDE_M), carry.eq(ixm_sum >= S),
                      nxt.eq(cur)]
         with m.If(cur.ox + 1 < d.OUT_W):
             m.d.comb += [nxt.ox.eq(cur.ox + 1), nxt.ixb.eq(cur.ixb + d.STRIDE_X),
-                         nxt.ixq.eq(cur.ixq + d.STRIDE_Q + carry),
+                         nxt.pbase.eq(cur.pbase + d.STRIDE_Q + carry),
                          nxt.ixm.eq(Mux(carry, ixm_sum - S, ixm_sum))]
         with m.Else():
-            m.d.comb += [nxt.ox.eq(0), nxt.ixb.eq(d.NEG_PAD_X), nxt.ixq.eq(d.PAD_Q),
+            m.d.comb += [nxt.ox.eq(0), nxt.ixb.eq(d.NEG_PAD_X),
                          nxt.ixm.eq(d.PAD_M)]
             with m.If(cur.oy + 1 < d.OUT_H):
                 m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.iyb.eq(cur.iyb + d.STRIDE_Y),
-                             nxt.line.eq(cur.line + d.LINE_STEP)]
+                             nxt.lbase.eq(cur.lbase + d.LINE_STEP),
+                             nxt.pbase.eq(cur.lbase + k_line)]
             with m.Else():
-                m.d.comb += [nxt.oy.eq(0), nxt.iyb.eq(d.NEG_PAD_Y), nxt.line.eq(d.LINE0),
-                             nxt.b.eq(cur.b + 1), nxt.img.eq(cur.img + d.IN_PITCH)]
+                m.d.comb += [nxt.oy.eq(0), nxt.iyb.eq(d.NEG_PAD_Y), nxt.b.eq(cur.b + 1),
+                             nxt.ibase.eq(cur.ibase + d.IN_PITCH),
+                             nxt.lbase.eq(cur.ibase + k_img), nxt.pbase.eq(cur.ibase + k_img_p)]
 
         # ---- stage A: issue one position of the held row -----------------------------
         issue = Signal()
@@ -277,7 +290,7 @@ class RowSequencer(wiring.Component):
             tile_end.eq(held_w.last & (held_w.group == d.N_GROUPS - 1)),
         ]
         base = Signal(signed(g.act + g.dim + 4))
-        m.d.comb += base.eq(d.IN_BASE + cur.img + cur.line + cur.ixq + held_i.row_off)
+        m.d.comb += base.eq(cur.pbase + held_i.row_off)
         for j in range(S):
             m.d.comb += self.rd_addr[j].eq(base + (j < cur.ixm))
         m.d.comb += self.rd_en.eq(issue)

@@ -207,10 +207,18 @@ class AcceleratorTop(wiring.Component):
         stall = Signal()
         m.d.comb += stall.eq(~dp.events[Counter.MAC_OPS])
         incr.append(stall)
-        with m.If(host.start | host.clear_counters):
+        # The events are registered first (cut from the datapath's handshakes, which
+        # would otherwise chain into the 32-bit adders); a cycle's events are counted
+        # one cycle later, with the same rule: while busy, not in a clearing cycle.
+        clear = Signal()
+        m.d.comb += clear.eq(host.start | host.clear_counters)
+        incr_r = [Signal(range(S + 1) if i == Counter.ACT_READS else 1,
+                         name=f"event_{c.name.lower()}") for i, c in enumerate(Counter)]
+        m.d.sync += [r.eq(Mux(ctrl.busy & ~clear, v, 0)) for r, v in zip(incr_r, incr)]
+        with m.If(clear):
             m.d.sync += [c.eq(0) for c in counters]
-        with m.Elif(ctrl.busy):
-            m.d.sync += [c.eq(c + i) for c, i in zip(counters, incr)]
+        with m.Else():
+            m.d.sync += [c.eq(c + i) for c, i in zip(counters, incr_r)]
         for i in range(n_ev):
             m.d.comb += host.counters[i].eq(counters[i])
 

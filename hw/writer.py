@@ -93,8 +93,10 @@ class ResultWriter(wiring.Component):
         a = g.act + 2
         pos = data.StructLayout({
             "b": unsigned(g.dim), "oy": unsigned(g.dim), "ox": unsigned(g.dim),
-            "oxq": unsigned(g.dim), "oxm": unsigned(g.s_bits),
-            "line": unsigned(a + g.dim), "img": unsigned(a + g.dim),
+            "oxm": unsigned(g.s_bits),
+            # bank-word addresses kept as running sums, so a write adds one term:
+            # item OUT_BASE + b*OUT_PITCH, its line + oy*OUT_WQ, the word + ox // S
+            "iw": unsigned(a + g.dim), "lw": unsigned(a + g.dim), "wbase": unsigned(a + g.dim),
         })
         cur, snap, nxt = Signal(pos), Signal(pos), Signal(pos)
         t = Signal(range(cfg.acc_depth + 1))
@@ -122,16 +124,18 @@ class ResultWriter(wiring.Component):
         with m.If(cur.ox + 1 < d.OUT_W):
             m.d.comb += nxt.ox.eq(cur.ox + 1)
             with m.If(cur.oxm == S - 1):
-                m.d.comb += [nxt.oxm.eq(0), nxt.oxq.eq(cur.oxq + 1)]
+                m.d.comb += [nxt.oxm.eq(0), nxt.wbase.eq(cur.wbase + 1)]
             with m.Else():
                 m.d.comb += nxt.oxm.eq(cur.oxm + 1)
         with m.Else():
-            m.d.comb += [nxt.ox.eq(0), nxt.oxq.eq(0), nxt.oxm.eq(0)]
+            m.d.comb += [nxt.ox.eq(0), nxt.oxm.eq(0)]
             with m.If(cur.oy + 1 < d.OUT_H):
-                m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.line.eq(cur.line + d.OUT_WQ)]
+                m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.lw.eq(cur.lw + d.OUT_WQ),
+                             nxt.wbase.eq(cur.lw + d.OUT_WQ)]
             with m.Else():
-                m.d.comb += [nxt.oy.eq(0), nxt.line.eq(0),
-                             nxt.b.eq(cur.b + 1), nxt.img.eq(cur.img + d.OUT_PITCH)]
+                m.d.comb += [nxt.oy.eq(0), nxt.b.eq(cur.b + 1),
+                             nxt.iw.eq(cur.iw + d.OUT_PITCH), nxt.lw.eq(cur.iw + d.OUT_PITCH),
+                             nxt.wbase.eq(cur.iw + d.OUT_PITCH)]
         img_wrap = Signal()       # the next position starts a new batch item
         m.d.comb += img_wrap.eq((cur.ox + 1 >= d.OUT_W) & (cur.oy + 1 >= d.OUT_H))
 
@@ -163,13 +167,13 @@ class ResultWriter(wiring.Component):
 
         # feature map
         fm_addr = Signal(a + g.dim + 2)
-        m.d.comb += fm_addr.eq(d.OUT_BASE + cur.img + grp_off + cur.line + cur.oxq)
+        m.d.comb += fm_addr.eq(cur.wbase + grp_off)
         # scatter: element f of the flattened output
         f = Signal(ml)
         m.d.comb += f.eq(Mux(lidx == 0, f0, fcur))
         bank, lane = f.s, f.l
         sc_addr = Signal(a + g.dim + 2)
-        m.d.comb += sc_addr.eq(d.OUT_BASE + cur.img + f.q)
+        m.d.comb += sc_addr.eq(cur.iw + f.q)
         value = Signal(ab)
         m.d.comb += value.eq(res.values.as_value().word_select(lidx[:max(1, (L - 1).bit_length())]
                                                                if L > 1 else 0, ab))
@@ -219,4 +223,6 @@ class ResultWriter(wiring.Component):
                          fsnap.eq(0), gb.eq(0), pm.eq(0), pm_snap.eq(0),
                          tile_size.eq(Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)),
                          running.eq(1)]
+            for p in (cur, snap):
+                m.d.sync += [p.iw.eq(d.OUT_BASE), p.lw.eq(d.OUT_BASE), p.wbase.eq(d.OUT_BASE)]
         return m
