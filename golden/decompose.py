@@ -80,8 +80,9 @@ class DecomposeOptions:
     dtype : torch.dtype
         Working precision of the block arithmetic (the ``S x S`` solves are float64).
     chunk_weights : int
-        Blocks are processed in chunks of about this many weights (bounds memory and
-        keeps the working set in cache).
+        Blocks are processed in equal chunks of whole filters of at most about this
+        many weights, their number a multiple of ``workers`` (bounds memory and keeps
+        the working set in cache; 2**19 measured best on this CPU).
     workers : int
         Threads solving chunks concurrently (0: one per available core, at most 4).
         torch's intra-op parallelism is set to 1 meanwhile (and restored): the
