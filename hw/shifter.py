@@ -10,7 +10,7 @@ multiplier.  ``shifted_bits = basis_bits + max_shift + 1`` holds every result, i
 The cheap form the basis array uses is `ones_term`: the sign is applied as a one's
 complement (``~(b << k) = -(b << k) - 1``) folded into the first 2:1 mux level of a
 logarithmic shifter, the zero code gates the last level, and the missing ``+1`` is a carry
-that `carry_sum` injects into the adder tree (one per adder, for free).  A term then needs
+that `carry_level` injects into the adder tree (one per adder, for free).  A term then needs
 ``basis_bits + max_shift`` bits and one LUT4 per bit and shift level, with no negation.
 `Pow2Shift` is the exact term on its own (shift, then conditional negation);
 `Pow2Shifter` wraps it in a registered stream stage.
@@ -24,14 +24,41 @@ from amaranth.lib.wiring import In, Out
 
 from hw.config import SDConfig
 
-__all__ = ["Pow2Shift", "Pow2Shifter", "ones_term", "carry_sum", "log_shift",
-           "shift_input_layout", "shift_output_layout"]
+__all__ = ["Pow2Shift", "Pow2Shifter", "ones_term", "ones_flip", "log_shift",
+           "shift_levels", "shift_level", "level_reach", "carry_level", "carry_levels",
+           "carry_sum", "shift_input_layout", "shift_output_layout"]
 
 
 def _check_config(config) -> SDConfig:
     if not isinstance(config, SDConfig):
         raise TypeError(f"config must be an SDConfig, got {type(config).__name__}: {config!r}")
     return config
+
+
+def shift_levels(max_shift: int) -> list[int]:
+    """Shift-code bits a logarithmic shifter applies: ``b`` with ``2**b <= max_shift``."""
+    return [b for b in range(max(1, max_shift).bit_length()) if (1 << b) <= max_shift]
+
+
+def shift_level(value, bit, fill, b: int, reach: int, base_width: int):
+    """One mux level of `log_shift`: ``bit ? (value << 2**b, low bits fill) : value``.
+
+    ``reach`` is the largest shift possible after this level; the result is signed
+    ``base_width + reach`` bits (``base_width``: the width of the unshifted value).
+    """
+    width = base_width + reach
+    v = value.as_signed()
+    moved = Cat(fill.replicate(1 << b), v)[:width].as_signed()
+    return Mux(bit, moved, v)[:width].as_signed()
+
+
+def level_reach(max_shift: int) -> list[int]:
+    """Largest shift possible after each level of `shift_levels`."""
+    out, reach = [], 0
+    for b in shift_levels(max_shift):
+        reach = min(max_shift, reach + (1 << b))
+        out.append(reach)
+    return out
 
 
 def log_shift(value, shift, fill, max_shift: int):
@@ -42,16 +69,14 @@ def log_shift(value, shift, fill, max_shift: int):
     bits.  Codes above ``max_shift`` are invalid; their result is unspecified.
     """
     v = value.as_signed()
-    reach = 0
-    for b in range(len(shift)):
-        step = 1 << b
-        if step > max_shift:
-            break
-        reach = min(max_shift, reach + step)
-        width = len(value) + reach
-        moved = Cat(fill.replicate(step), v)[:width].as_signed()
-        v = Mux(shift[b], moved, v)[:width].as_signed()
+    for b, reach in zip(shift_levels(max_shift), level_reach(max_shift)):
+        v = shift_level(v, shift[b], fill, b, reach, len(value))
     return v
+
+
+def ones_flip(value, carry):
+    """First step of `ones_term`: ``value`` inverted where ``carry`` (a negative term)."""
+    return (value.as_signed() ^ carry.replicate(len(value)).as_signed()).as_signed()
 
 
 def ones_term(value, sign, shift, enable, max_shift: int):
@@ -61,38 +86,63 @@ def ones_term(value, sign, shift, enable, max_shift: int):
     value << shift) : 0``, signed ``len(value) + max_shift`` bits (``~(b << k)`` is
     ``(~b) << k`` with ones shifted in, so the inversion rides on the first mux level);
     ``carry = sign & enable`` is the ``+1`` that completes the negation.  Codes above
-    ``max_shift`` are invalid; their result is unspecified.
+    ``max_shift`` are invalid; their result is unspecified.  The basis array builds the
+    same steps (`ones_flip`, `shift_level`, the gate) with a register after each level.
     """
     carry = sign & enable
-    flipped = value.as_signed() ^ carry.replicate(len(value)).as_signed()
-    shifted = log_shift(flipped, shift, carry, max_shift)
+    shifted = log_shift(ones_flip(value, carry), shift, carry, max_shift)
     # Gating after the shifter lets the last mux level (a LUT4 with a spare input) take
     # the enable, instead of one more LUT per bit in front.
-    return Mux(enable, shifted, 0)[:len(shifted)].as_signed(), carry
+    return Mux(enable, shifted, 0)[:len(value) + max_shift].as_signed(), carry
+
+
+def carry_level(values, carries):
+    """One level of an adder tree that also adds 1-bit ``carries``.
+
+    Returns ``(next_values, carries_left)`` with the same total.  Values are added in
+    pairs, every adder absorbing one carry for free: ``(2a + c) + (2b + c) =
+    2(a + b + c)``, so the sum is the result without its low bit (one extra bit per
+    operand).  An odd value out takes a carry too (an incrementer beside the adders)
+    when more carries are left than adders to come, so a tree of ``n`` values absorbs
+    ``n`` carries unless ``n`` is a power of two.
+    """
+    values, carries = list(values), list(carries)
+    nxt = []
+    for a, b in zip(values[0::2], values[1::2]):
+        if carries:
+            c = carries.pop(0)
+            nxt.append((Cat(c, a).as_signed() + Cat(c, b).as_signed())[1:].as_signed())
+        else:
+            nxt.append(a + b)
+    if len(values) % 2:
+        odd = values[-1]
+        adders_to_come = len(nxt)           # the next levels join len(nxt) + 1 values
+        nxt.append(odd + carries.pop(0) if len(carries) > adders_to_come else odd)
+    return nxt, carries
+
+
+def carry_levels(n_values: int, n_carries: int) -> int:
+    """Levels (one adder or incrementer deep each) `carry_sum` needs: `carry_level`
+    levels until one value is left, plus one increment level for leftover carries."""
+    levels = 0
+    while n_values > 1:
+        pairs, odd = divmod(n_values, 2)
+        n_carries -= min(pairs, n_carries)
+        if odd and n_carries > pairs:
+            n_carries -= 1
+        n_values = pairs + odd
+        levels += 1
+    return levels + (1 if n_carries else 0)
 
 
 def carry_sum(values, carries):
-    """``sum(values) + sum(carries)`` for 1-bit ``carries``: a balanced adder tree in which
-    every adder absorbs one carry for free.
-
-    Adding ``c`` to ``a + b`` costs one extra low bit per operand:
-    ``(2a + c) + (2b + c) = 2(a + b + c)``, so the sum is the result without its low bit.
-    A tree of ``n`` values has ``n - 1`` adders; carries beyond that are added at the end.
-    """
+    """``sum(values) + sum(carries)`` for 1-bit ``carries``: `carry_level` until one value
+    is left, then any leftover carries added (`carry_levels` levels in all)."""
     values, carries = list(values), list(carries)
     if not values:
         raise ValueError("carry_sum needs at least one value")
     while len(values) > 1:
-        nxt = []
-        for a, b in zip(values[0::2], values[1::2]):
-            if carries:
-                c = carries.pop(0)
-                nxt.append((Cat(c, a).as_signed() + Cat(c, b).as_signed())[1:].as_signed())
-            else:
-                nxt.append(a + b)
-        if len(values) % 2:
-            nxt.append(values[-1])
-        values = nxt
+        values, carries = carry_level(values, carries)
     total = values[0]
     for c in carries:
         total = total + c

@@ -5,7 +5,7 @@ group, lanes beyond ``Cout`` in the last group) go through the array with 0 %, 3
 70 % idle cycles on both inputs and back-pressure on the output; the scoreboard compares
 every rebuilt weight with `SDWeight.rebuilt_int`.  Directed tests: extreme values
 (``basis_min`` shifted by ``max_shift``, all terms negative), a reset in mid-stream, and
-the steady state (>= 1000 rows at one row per cycle, latency `BasisArray.LATENCY`).
+the steady state (>= 1000 rows at one row per cycle, latency `BasisArray.latency`).
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ async def basis_array_steady_state(dut):
                   f"cycles ({len(rows) / span_out:.3f} rows per cycle per lane), latency {lat}")
     assert span_in == len(rows) and span_out == len(rows), \
         f"{len(rows)} rows took {span_in} input and {span_out} output cycles"
-    assert lat == {BasisArray.LATENCY}, f"latency {sorted(lat)} != {BasisArray.LATENCY}"
+    assert lat == {BasisArray.latency(cfg)}, \
+        f"latency {sorted(lat)} != {BasisArray.latency(cfg)}"
 
 
 @pytest.mark.sim

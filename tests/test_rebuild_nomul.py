@@ -46,6 +46,12 @@ def yosys_cells(design, top: str, script: str, tmp_path: Path) -> dict[str, int]
     cmd = f"read_rtlil {il.name}; hierarchy -top {top}; {script}; tee -q -o {out.name} stat"
     proc = subprocess.run([_yosys(), "-q", "-p", cmd], capture_output=True, text=True,
                           cwd=tmp_path)
+    if proc.returncode != 0 and script.startswith("synth_ecp5"):
+        # yosys 0.70's ABC9 step aborts on some Amaranth netlists; like fpga/flow.py,
+        # synthesize again with -dff (ABC9 also maps the flip-flops), which avoids it.
+        cmd = cmd.replace(script, script + " -dff")
+        proc = subprocess.run([_yosys(), "-q", "-p", cmd], capture_output=True, text=True,
+                              cwd=tmp_path)
     assert proc.returncode == 0, f"yosys failed on {top}:\n{proc.stderr[-3000:]}"
     text = out.read_text()
     cells = {}
