@@ -14,7 +14,7 @@ and, if ``last``, emits the requantized value of ``docs/format.md``::
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -53,9 +53,13 @@ class MacLanes(wiring.Component):
 
     Notes
     -----
-    Latency `LATENCY` = 5 cycles from an op's transfer to its result on ``results``
-    (stage 1 op register, 2 accumulate + RAM write, 3 bias, 4 multiplier, 5 rounding /
-    ReLU / saturation into the output register).  Throughput one op per cycle, including
+    Latency `LATENCY` = 9 cycles from an op's transfer to its result on ``results``
+    (1 op register; 2 products (DSP blocks); 3 adder tree; 4 accumulate, RAM write and
+    registered sum; 5 bias; 6 two partial products of the requantization multiply (DSP
+    blocks); 7 their sum; 8 the rounding shift; 9 rounding / ReLU / saturation into the
+    output register).  Every stage
+    is one carry chain or one DSP block deep, so the lanes are not the design's
+    critical path.  Throughput one op per cycle, including
     back-to-back ops on the same ``addr`` (``P = 1``): the accumulator RAM is read one
     cycle before it is written, and the value written in the cycle of the read is
     forwarded, so every op sees all earlier ones.  The whole pipeline stalls while a
@@ -65,7 +69,7 @@ class MacLanes(wiring.Component):
     sums fit, see ``docs/format.md``).
     """
 
-    LATENCY = 5
+    LATENCY = 9
 
     def __init__(self, config: SDConfig, weight_bits: int | None = None):
         if not isinstance(config, SDConfig):
@@ -116,21 +120,37 @@ class MacLanes(wiring.Component):
             m.d.sync += v1.eq(take)
             with m.If(take):
                 m.d.sync += [op1.eq(self.ops.payload), q1.eq(self.quant)]
-        # The RAM read of the op in stage 1 is issued when it moves to stage 2.
-        m.d.comb += [rd.addr.eq(op1.addr), rd.en.eq(advance)]
 
-        # --- stage 2: dot products, read-modify-write ------------------------------
+        def follow(name, v, addr, first, last, q):
+            """Registers carrying an op's tags one stage on (stalled with the pipeline)."""
+            regs = (Signal(name=f"v_{name}"), Signal(cfg.acc_addr_bits, name=f"addr_{name}"),
+                    Signal(name=f"first_{name}"), Signal(name=f"last_{name}"),
+                    Signal(quant_layout(cfg), name=f"q_{name}"))
+            with m.If(advance):
+                m.d.sync += [r.eq(x) for r, x in zip(regs, (v, addr, first, last, q))]
+            return regs
+
+        # --- stage P: the lanes x S products, each a DSP block, registered -----------
+        prod_p = [[Signal(signed(self.weight_bits + cfg.act_bits), name=f"prod_l{l}_{i}")
+                   for i in range(S)] for l in range(L)]
+        vp, addrp, firstp, lastp, qp = follow("p", v1, op1.addr, op1.first, op1.last, q1)
+        with m.If(advance):
+            for l in range(L):
+                m.d.sync += [prod_p[l][i].eq(op1.weights[l][i] * op1.acts[i])
+                             for i in range(S)]
+
+        # --- stage D: dot products (adder tree) -----------------------------------------
         dot_shape = signed(cfg.acc_bits)
         dot2 = [Signal(dot_shape, name=f"dot2_l{l}") for l in range(L)]
-        addr2, first2, last2, v2 = (Signal(cfg.acc_addr_bits), Signal(), Signal(), Signal())
-        q2 = Signal(quant_layout(cfg))
+        v2, addr2, first2, last2, q2 = follow("d", vp, addrp, firstp, lastp, qp)
         with m.If(advance):
-            m.d.sync += [v2.eq(v1), addr2.eq(op1.addr), first2.eq(op1.first),
-                         last2.eq(op1.last), q2.eq(q1)]
             for l in range(L):
-                m.d.sync += dot2[l].eq(adder_tree(
-                    op1.weights[l][i] * op1.acts[i] for i in range(S)))
+                m.d.sync += dot2[l].eq(adder_tree(prod_p[l]))
+        # The RAM read of the op in stage P is issued when it moves to stage D, so the
+        # data is there when the op accumulates.
+        m.d.comb += [rd.addr.eq(addrp), rd.en.eq(advance)]
 
+        # --- accumulate stage (op in D): read-modify-write ------------------------------
         # Forwarding register: the write made in the cycle this op's read was issued
         # is not in the read data yet.
         fwd_valid, fwd_addr = Signal(), Signal(cfg.acc_addr_bits)
@@ -147,49 +167,65 @@ class MacLanes(wiring.Component):
         m.d.comb += [wr.addr.eq(addr2), wr.data.eq(acc_new), wr.en.eq(v2 & advance)]
         with m.If(advance):
             m.d.sync += [fwd_valid.eq(v2), fwd_addr.eq(addr2), fwd_data.eq(acc_new)]
+        # fwd_data is also the registered sum the bias stage adds to
+        va, addra, _, _, qa = follow("a", v2 & last2, addr2, first2, last2, q2)
 
         # --- stage 3: bias -------------------------------------------------------------
         sum3 = [Signal(sum_shape, name=f"sum3_l{l}") for l in range(L)]
-        addr3, v3 = Signal(cfg.acc_addr_bits), Signal()
-        q3 = Signal(quant_layout(cfg))
+        v3, addr3, _, _, q3 = follow("b", va, addra, 0, 0, qa)
         with m.If(advance):
-            m.d.sync += [v3.eq(v2 & last2), addr3.eq(addr2), q3.eq(q2)]
             for l in range(L):
-                m.d.sync += sum3[l].eq(acc_new[l] + q2.lanes[l].bias)
+                m.d.sync += sum3[l].eq(fwd_data[l] + qa.lanes[l].bias)
 
-        # --- stage 4: multiplier ------------------------------------------------------------
-        prod4 = [Signal(prod_shape, name=f"prod4_l{l}") for l in range(L)]
-        addr4, v4 = Signal(cfg.acc_addr_bits), Signal()
-        q4 = Signal(quant_layout(cfg))
+        # --- stage 4: multiplier, as two partial products of DSP size -------------------
+        # sum = hi * 2**k + lo with lo unsigned: each product fits one 18 x 18 DSP block
+        # for the default widths, registered before the add that joins them.
+        k = min(len(sum3[0]) - 1, 17)
+        pp_lo = [Signal(unsigned(k + cfg.mult_bits), name=f"pp_lo_l{l}") for l in range(L)]
+        pp_hi = [Signal(signed(len(sum3[0]) - k + cfg.mult_bits + 1), name=f"pp_hi_l{l}")
+                 for l in range(L)]
+        v4, addr4, _, _, q4 = follow("m", v3, addr3, 0, 0, q3)
         with m.If(advance):
-            m.d.sync += [v4.eq(v3), addr4.eq(addr3), q4.eq(q3)]
             for l in range(L):
-                m.d.sync += prod4[l].eq(sum3[l] * q3.lanes[l].mult)
+                m.d.sync += [pp_lo[l].eq(sum3[l][:k] * q3.lanes[l].mult),
+                             pp_hi[l].eq(sum3[l][k:].as_signed() * q3.lanes[l].mult)]
+        prod5 = [Signal(prod_shape, name=f"prod5_l{l}") for l in range(L)]
+        v5, addr5, _, _, q5 = follow("j", v4, addr4, 0, 0, q4)
+        with m.If(advance):
+            for l in range(L):
+                m.d.sync += prod5[l].eq((pp_hi[l] << k) + pp_lo[l])
 
-        # --- stage 5: round half up, ReLU, saturate (output register) ----------------
+        # --- stage 5: rounding shift; 6: round half up, ReLU, saturate (output) ---------
+        sh6 = [Signal(signed(prod_shape.width + 1), name=f"rq_q_l{l}") for l in range(L)]
+        v6, addr6, _, _, qs = follow("s", v5, addr5, 0, 0, q5)
+        with m.If(advance):
+            for l in range(L):
+                m.d.sync += sh6[l].eq(_requant_shift(m, prod5[l], q5.lanes[l].shift, l))
         out = self.results.payload
         with m.If(advance):
-            m.d.sync += [self.results.valid.eq(v4), out.addr.eq(addr4)]
+            m.d.sync += [self.results.valid.eq(v6), out.addr.eq(addr6)]
             for l in range(L):
                 m.d.sync += out.values[l].eq(
-                    _requant_tail(m, prod4[l], q4.lanes[l].shift, q4.relu, cfg, l))
+                    _requant_tail(m, sh6[l], qs.lanes[l].shift, qs.relu, cfg, l))
         return m
 
 
-def _requant_tail(m, prod, sh, relu, cfg, lane):
-    """``clamp(relu(((prod + rnd) >> sh)))`` without a wide rounding constant.
+def _requant_shift(m, prod, sh, lane):
+    """First half of the rounding shift: ``prod >> (sh - 1)``, or ``prod`` if ``sh == 0``."""
+    q = Signal(signed(len(prod) + 1), name=f"rq_shift_l{lane}")
+    sh_m1 = Signal(len(sh), name=f"rq_shm1_l{lane}")      # unused (wraps) when sh == 0
+    m.d.comb += [sh_m1.eq(sh - 1), q.eq(Mux(sh == 0, prod, prod >> sh_m1))]
+    return q
+
+
+def _requant_tail(m, q, sh, relu, cfg, lane):
+    """``clamp(relu(((prod + rnd) >> sh)))`` from ``q = prod >> (sh - 1)`` (`_requant_shift`).
 
     ``(p + 2**(s-1)) >> s == ((p >> (s-1)) + 1) >> 1`` for ``s > 0`` (both floors), so
     the rounding needs no ``2**shift_bits``-wide adder.
     """
-    q = Signal(signed(len(prod) + 1), name=f"rq_q_l{lane}")
-    t = Signal(signed(len(prod) + 1), name=f"rq_t_l{lane}")
-    sh_m1 = Signal(len(sh), name=f"rq_shm1_l{lane}")      # unused (wraps) when sh == 0
-    m.d.comb += [
-        sh_m1.eq(sh - 1),
-        q.eq(Mux(sh == 0, prod, prod >> sh_m1)),
-        t.eq(Mux(sh == 0, q, (q + 1) >> 1)),
-    ]
+    t = Signal(signed(len(q)), name=f"rq_t_l{lane}")
+    m.d.comb += t.eq(Mux(sh == 0, q, (q + 1) >> 1))
     tr = Signal(signed(len(t)), name=f"rq_r_l{lane}")
     m.d.comb += tr.eq(Mux(relu & (t < 0), 0, t))
     res = Signal(signed(cfg.act_bits), name=f"rq_out_l{lane}")
