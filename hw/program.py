@@ -26,6 +26,7 @@ import numpy as np
 
 from hw.config import SDConfig
 from hw.mac import MacLanes
+from hw.sequencer import RowAddress
 from hw.descriptor import (DESC_SLOT_WORDS, FIELDS, FLAG_PRELOAD, FLAG_RELU, FLAG_SCATTER,
                            act_bank_depth, encode_field)
 
@@ -168,9 +169,11 @@ ACTIVATION_FILL = 2 + MacLanes.LATENCY + 1 + 1 + 2
 
 def first_layer_fill(config: SDConfig) -> int:
     """Extra cycles of a run's first layer: its weight side starts with it (later layers'
-    weight sides run ahead), so the first row waits for the Ce read and decode and the
-    preload of the first basis (``lanes`` words): ``lanes + 4``."""
-    return config.lanes + 4
+    weight sides run ahead), so the first row waits for the Ce read and decode (4) and
+    then for the later of the first basis preload (``lanes`` words) and its window facts
+    (`hw.sequencer.RowAddress` latency, then the info FIFO):
+    ``4 + max(lanes, latency + 1)``."""
+    return 4 + max(config.lanes, len(RowAddress.stages(config)) + 2)
 
 
 #: Cycles of a run outside its layers: START to the first layer (the first descriptor
