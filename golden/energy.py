@@ -406,15 +406,17 @@ def rebuild_ops_per_row(config) -> tuple[int, int]:
     """``(shifts, adds)`` the basis array performs for every rebuilt row it delivers.
 
     The array is a fixed datapath (`hw.basis_array`): per lane and per rebuilt weight,
-    ``S * terms`` `Pow2Shift` units (a barrel shift and a conditional negation each) feed
-    an adder tree of ``S * terms - 1`` adders, whatever the coefficients are.  The
-    conditional negation is priced as one more add, and every add at the widest width
-    (``rebuilt_weight_bits``), which errs against SD.
+    ``S * terms`` shifted terms (a logarithmic shift whose first mux level also applies the
+    sign as a one's complement) feed an adder tree of ``S * terms - 1`` adders plus one
+    incrementer that together absorb the ``S * terms`` carries of the one's complements
+    (`hw.shifter.carry_sum`), whatever the coefficients are.  Every add and increment is
+    priced as a full add at the widest width (``rebuilt_weight_bits``), which errs against
+    SD.
     """
     per_weight_terms = config.basis_size * config.terms
     weights = config.lanes * config.basis_size
     shifts = weights * per_weight_terms
-    adds = weights * (per_weight_terms - 1) + shifts      # tree adders + negations
+    adds = weights * per_weight_terms        # S*terms - 1 tree adders + one incrementer
     return shifts, adds
 
 

@@ -90,9 +90,9 @@ def test_rtl_counters_map_to_events_with_config_widths():
     assert sd.out_writes == 5
     assert sd.macs == 100 * 8 * 3 and sd.mac_weight_bits == cfg.rebuilt_weight_bits
     assert sd.requants == 3 * 8
-    # per rebuilt row: 24 weights x 3 shifts; 24 x (2 tree adds + 3 negations)
-    assert rebuild_ops_per_row(cfg) == (72, 120)
-    assert (sd.shifts, sd.adds) == (7 * 72, 7 * 120)
+    # per rebuilt row: 24 weights x 3 shifts; 24 x (2 tree adds + 1 carry incrementer)
+    assert rebuild_ops_per_row(cfg) == (72, 72)
+    assert (sd.shifts, sd.adds) == (7 * 72, 7 * 72)
     dense = counts_from_rtl(dict(rtl, basis_reads=0), cfg, "dense", name="fc")
     assert dense.weight_word_bits == 8 * 3 * 8 and dense.mac_weight_bits == 8
     assert (dense.shifts, dense.adds, dense.basis_words) == (0, 0, 0)
