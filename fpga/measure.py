@@ -187,9 +187,9 @@ USAGE = [
     "- `make fpga-report` (= `smartdeal fpga-report`): this page, `fpga/reports/*.json` "
     "(one per run, plus `summary.json`) and `docs/fpga_resources.png`. Options: `--quick`, "
     "`--preset`, `--device`, `--no-blocks` (skip each block alone), `--no-boards` (skip the "
-    "board wrappers with pin constraints and bitstreams), `--render-only` (rewrite this page "
-    "from `summary.json`). Scratch files and logs go to `build/fpga/`. A full run takes "
-    "about 80 min on two cores.",
+    "board wrappers with pin constraints and bitstreams), `--jobs N` (independent tool runs "
+    "in parallel), `--render-only` (rewrite this page from `summary.json`). Scratch files and "
+    "logs go to `build/fpga/`; the run time of this page's run is stated at its top.",
     "- `make verilog PRESET=default` (= `smartdeal verilog --config default --out "
     "build/verilog/default`): the build folder users take into their tools: `rtl/sd_accel.v` "
     "(top `sd_accel`), `rtl/sd_dense_accel.v` (top `sd_dense_accel`), `rtl/sd_ram.v`, the "
