@@ -1,16 +1,17 @@
 """Accuracy at the storage budget on the digits CNN (issue 3).
 
-Runs the pipeline of ``smartdeal train`` (`golden.training.run_pipeline`: SD conversion
-with the shipped model's structural pruning `golden.training.DEFAULT_PRUNE`, then SD
-fine-tuning) from the dense model of `bench.digits.dense_model`, once per fine-tuning
-seed, and measures in the same invocation:
+Runs the pipeline of ``smartdeal train`` (`golden.training.run_pipeline` with its
+defaults: gradual row pruning to the shipped model's `golden.training.DEFAULT_PRUNE`, SD
+conversion, SD fine-tuning, both distilled from the dense model) from the dense model of
+`bench.digits.dense_model`, once per seed, and measures in the same invocation:
 
 * dense fp32 test accuracy (the same model for every seed),
 * SD test accuracy after decomposition and after fine-tuning (float, with the weights
   the hardware rebuilds), and of the bit-exact integer reference of the fine-tuned model,
 * bits per weight, everything counted (`golden.training.storage_report`).
 
-The drop is ``dense fp32 - SD fine-tuned`` per seed; the target uses its median.
+The drop is ``dense fp32 - SD fine-tuned`` per seed; the target uses the worst seed (the
+largest drop), so a recipe that only works for a lucky seed does not pass.
 """
 
 from __future__ import annotations
@@ -73,20 +74,23 @@ def run(ctx: Context) -> SectionOutput:
         "dense_model": dense_info, "runs": runs,
     }
     notes = [
-        f"Dense model: {dense_info['source']}; SD fine-tuning {epochs} epochs (bucket "
-        f"switch), {len(runs)} seed(s); pruning {dict(training.DEFAULT_PRUNE)}.",
+        f"Dense model: {dense_info['source']}; gradual row pruning, then SD fine-tuning "
+        f"{epochs} epochs (bucket switch), {len(runs)} seed(s); pruning "
+        f"{dict(training.DEFAULT_PRUNE)}.",
         f"Test accuracy: dense fp32 {stat['dense'].median:.2f}%, SD decomposed "
         f"{stat['decomposed']}, SD fine-tuned {stat['finetuned']}, integer reference "
-        f"{stat['int']}; drop {stat['drop']}.",
+        f"{stat['int']}; drop {stat['drop']}; worst seed {stat['drop'].max:.2f} points "
+        f"(the target's figure).",
         f"Storage: {values['bits_per_weight']:.3f} bits/weight over all layers "
         f"({values['compression_vs_fp32']:.2f}x vs fp32, {values['compression_vs_int8']:.2f}x "
         f"vs int8 with the same bias/requantization words).",
     ]
     if ctx.quick:
-        notes.append(f"Quick run: one seed ({SEEDS_FULL} in the full run, whose median is "
-                     f"the reference).")
+        notes.append(f"Quick run: one seed ({SEEDS_FULL} in the full run, whose worst seed "
+                     f"is the reference).")
     ctx.shared["accuracy_point"] = {"bits_per_weight": values["bits_per_weight"],
                                     "acc_int": stat["int"].median, "epochs": epochs}
-    measured = {"accuracy.drop_points": stat["drop"].median,
+    values["max_drop_points"] = stat["drop"].max
+    measured = {"accuracy.drop_points": stat["drop"].max,
                 "accuracy.bits_per_weight": values["bits_per_weight"]}
     return SectionOutput(values=values, measured=measured, notes=notes)

@@ -16,8 +16,17 @@ Criteria (scores of one row ``w[o, r, :]``, summed over the group's filters):
     ``|w| >= 2**(exp_min - exp_max - 1) * max|w|`` of the filter (elements below half
     the smallest level after normalisation vanish anyway); ties broken by L1.
 
-Rows are the ``S``-element rows of `golden.sdweight.weight_to_rows`; the number pruned
-per group is ``floor(fraction * R + 0.5)``.
+Rows are the ``S``-element rows of `golden.sdweight.weight_to_rows`.  Two scopes say
+where the pruned rows are counted:
+
+``group`` (the reference's)
+    every group prunes ``floor(fraction * R + 0.5)`` of its own rows.
+``layer`` (cost-aware)
+    a kept row of a group costs one Ce record whatever the group's scores, so the
+    ``floor(fraction * n_groups * R + 0.5)`` lowest-scoring (group, row) records of the
+    whole layer are pruned.  A group whose rows matter less (e.g. the last group of a
+    layer whose ``Cout`` is not a multiple of ``lanes``, which holds padding lanes and so
+    sums fewer filters) loses more rows; every group keeps at least one row.
 """
 
 from __future__ import annotations
@@ -28,9 +37,10 @@ import torch
 
 from golden.sdweight import weight_to_rows
 
-__all__ = ["CRITERIA", "row_scores", "prune_rows", "group_of_filters", "group_rows_any"]
+__all__ = ["CRITERIA", "SCOPES", "row_scores", "prune_rows", "group_of_filters", "group_rows_any"]
 
 CRITERIA = ("value", "energy", "population")
+SCOPES = ("group", "layer")
 
 
 def group_of_filters(out_channels: int, lanes: int) -> torch.Tensor:
@@ -89,8 +99,8 @@ def row_scores(rows: torch.Tensor, lanes: int, criterion: str = "value",
 
 def prune_rows(weight: torch.Tensor, fraction: float, lanes: int, basis_size: int,
                criterion: str = "value", exp_span: int = 6,
-               name: str = "weight") -> torch.Tensor:
-    """Structural row pattern keeping the best ``1 - fraction`` rows of every group.
+               name: str = "weight", scope: str = "group") -> torch.Tensor:
+    """Structural row pattern keeping the best ``1 - fraction`` rows (see ``scope``).
 
     Parameters
     ----------
@@ -102,20 +112,35 @@ def prune_rows(weight: torch.Tensor, fraction: float, lanes: int, basis_size: in
         Group size and row length ``S`` (from the `SDConfig`).
     criterion : str
         See the module docstring.
+    scope : {"group", "layer"}
+        Count the pruned rows per group (reference) or over the whole layer
+        (cost-aware, see the module docstring).
 
     Returns
     -------
     torch.BoolTensor, shape (n_groups, R)
-        True for kept rows.  Ties keep the lower row index (stable sort).
+        True for kept rows.  Ties keep the lower row index (stable sort; in the layer
+        scope, the lower group first).
     """
+    if scope not in SCOPES:
+        raise ValueError(f"{name}: pruning scope must be one of {list(SCOPES)}, got {scope!r}")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
             or not math.isfinite(fraction) or not 0.0 <= fraction < 1.0:
         raise ValueError(f"{name}: pruning fraction must be in [0, 1), got {fraction!r}")
     rows = weight_to_rows(weight.detach(), basis_size)
     scores = row_scores(rows, lanes, criterion, exp_span)
     n_groups, r = scores.shape
-    n_prune = math.floor(fraction * r + 0.5)
     keep = torch.ones(n_groups, r, dtype=torch.bool)
+    if scope == "layer":
+        n_prune = min(math.floor(fraction * n_groups * r + 0.5), n_groups * (r - 1))
+        if n_prune:
+            # Each group's best row is exempt, so that no group of filters is left empty.
+            flat = scores.clone()
+            flat[torch.arange(n_groups), scores.argmax(dim=1)] = math.inf
+            order = torch.sort(flat.flatten(), stable=True, descending=True).indices
+            keep.view(-1)[order[n_groups * r - n_prune:]] = False
+        return keep
+    n_prune = math.floor(fraction * r + 0.5)
     if n_prune:
         # Stable descending sort: among equal scores the higher row index is pruned first.
         order = torch.sort(scores, dim=1, stable=True, descending=True).indices

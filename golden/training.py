@@ -35,14 +35,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from golden.decompose import intra_op_threads
-from golden.layers import SDLayer, convert_to_sd, sd_layers, to_dense
+from golden.layers import ConversionReport, SDLayer, convert_to_sd, sd_layers, to_dense
 from golden.quantize import project
+from golden.sparsity import SCOPES, group_of_filters, prune_rows
 from hw.config import SDConfig, load_config
 
 __all__ = ["evaluate", "batches", "augment_shift", "train_dense", "BucketSwitch", "switch_values",
            "reproject", "sd_parameters", "sd_training_step", "finetune_sd",
            "storage_report", "PipelineResult", "run_pipeline", "check_sd_structure",
-           "DEFAULT_PRUNE"]
+           "distillation_loss", "prune_schedule", "row_masks", "prune_dense",
+           "convert_with_patterns", "validation_split", "DEFAULT_PRUNE"]
 
 
 # ------------------------------------------------------------------- basics
@@ -345,6 +347,181 @@ def finetune_sd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: i
     return {"losses": losses, "switches": switch.switches if switch else 0}
 
 
+# ------------------------------------------------------ gradual row pruning
+def prune_schedule(fraction: float, epoch: int, ramp_epochs: int) -> float:
+    """Pruning fraction in force during ``epoch`` (0-based) of a gradual schedule.
+
+    Cubic ramp (Zhu & Gupta, "To prune, or not to prune", 2017): fast at first, while
+    many rows carry little, slow towards the end, reaching ``fraction`` in epoch
+    ``ramp_epochs - 1`` and staying there; ``ramp_epochs <= 1`` prunes at once.
+    """
+    if ramp_epochs <= 1:
+        return fraction
+    t = min(1.0, (epoch + 1) / ramp_epochs)
+    return fraction * (1.0 - (1.0 - t) ** 3)
+
+
+def row_masks(weight: torch.Tensor, keep: torch.Tensor, lanes: int,
+              basis_size: int) -> torch.Tensor:
+    """Element mask of a dense ``weight`` from its group row pattern ``keep`` (n_groups, R).
+
+    Element ``k`` of the flattened filter ``o`` lies in row ``k // S`` (the layout of
+    `golden.sdweight.weight_to_rows`), so it is kept iff ``keep[o // lanes, k // S]``.
+    """
+    cout = weight.shape[0]
+    k = weight[0].numel()
+    rows = torch.arange(k, device=keep.device) // basis_size
+    group = group_of_filters(cout, lanes).to(keep.device)
+    return keep[group][:, rows].reshape(weight.shape).to(weight.device)
+
+
+def _prunable(model: nn.Module, prune) -> list[tuple[str, nn.Module, float]]:
+    """``(name, layer, fraction)`` of the dense Linear/Conv2d layers ``prune`` names."""
+    out = []
+    for name, mod in model.named_modules():
+        if type(mod) in (nn.Linear, nn.Conv2d):
+            frac = float(prune.get(name, 0.0)) if isinstance(prune, dict) else float(prune or 0.0)
+            out.append((name, mod, frac))
+    if isinstance(prune, dict):
+        unknown = sorted(set(prune) - {n for n, _, _ in out})
+        if unknown:
+            raise ValueError(f"prune fractions given for unknown layer(s) {unknown}")
+    return out
+
+
+def prune_dense(model: nn.Module, x: torch.Tensor, y: torch.Tensor, prune,
+                config: "SDConfig | str | None" = None, *, epochs: int = 20,
+                ramp: float = 0.6, lr: float = 2e-3, weight_decay: float = 5e-2,
+                batch_size: int = 64, criterion: str = "energy", scope: str = "layer",
+                teacher: nn.Module | None = None, distill_alpha: float = 0.5,
+                temperature: float = 4.0, augment: bool = True, seed: int = 0,
+                progress: bool = False) -> dict[str, torch.Tensor]:
+    """Gradual structural row pruning of a dense model, trained as the rows go (in place).
+
+    At the start of every epoch each layer's row pattern is chosen again from its current
+    weights (`golden.sparsity.prune_rows`, ``criterion`` and ``scope``) at the fraction of
+    `prune_schedule` (the full fraction after ``ramp * epochs`` epochs); pruned rows are
+    set to zero and kept there after every optimizer step (AdamW, cosine decay), so the
+    remaining rows learn to carry what the pruned ones did.  Pruned rows are zero, hence
+    score lowest, and stay pruned as the fraction grows.  With ``epochs=0`` the rows are
+    pruned at once and nothing is trained.
+
+    Parameters
+    ----------
+    prune : float or dict
+        Final pruning fraction, for every Linear/Conv2d layer or per layer name.
+    config : SDConfig, preset name or None
+        Gives ``lanes`` (group size) and ``basis_size`` (row length).
+    teacher : nn.Module, optional
+        Distil from its logits (`distillation_loss`), e.g. the unpruned dense model.
+
+    Returns
+    -------
+    dict
+        Layer name -> final row pattern ``(n_groups, R)``, True for kept rows (every
+        prunable layer, all True where the fraction is 0).
+    """
+    cfg = load_config(config)
+    if scope not in SCOPES:
+        raise ValueError(f"pruning scope must be one of {list(SCOPES)}, got {scope!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"pruning epochs must be an int >= 0, got {epochs!r}")
+    if not 0.0 < ramp <= 1.0:
+        raise ValueError(f"pruning ramp must be in (0, 1], got {ramp!r}")
+    layers = _prunable(model, prune)
+    span = cfg.exp_max - cfg.exp_min
+
+    @torch.no_grad()
+    def choose(epoch: int) -> dict[str, torch.Tensor]:
+        ramp_epochs = max(1, math.ceil(ramp * epochs))
+        out = {}
+        for name, mod, frac in layers:
+            keep = prune_rows(mod.weight, prune_schedule(frac, epoch, ramp_epochs), cfg.lanes,
+                              cfg.basis_size, criterion, span, name=name, scope=scope)
+            mod.weight.mul_(row_masks(mod.weight, keep, cfg.lanes, cfg.basis_size))
+            out[name] = keep
+        return out
+
+    if epochs == 0:
+        return choose(0)
+    gen = torch.Generator().manual_seed(seed)
+    if teacher is not None:
+        teacher.eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    model.train()
+    with _bar(epochs, "row pruning", progress) as bar:
+        for epoch in range(epochs):
+            keeps = choose(epoch)
+            masks = [row_masks(mod.weight, keeps[name], cfg.lanes, cfg.basis_size)
+                     for name, mod, _ in layers]
+            total = 0.0
+            for idx in batches(len(x), batch_size, gen):
+                xb = augment_shift(x[idx], gen) if augment else x[idx]
+                opt.zero_grad()
+                logits = model(xb)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(xb)
+                    loss = distillation_loss(logits, y[idx], t_logits, distill_alpha,
+                                             temperature)
+                else:
+                    loss = F.cross_entropy(logits, y[idx])
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for (_, mod, _), mask in zip(layers, masks):
+                        mod.weight.mul_(mask)
+                total += float(loss.detach()) * len(idx)
+            sched.step()
+            bar.set_postfix(loss=f"{total / len(x):.4f}")
+            bar.update()
+    model.eval()
+    return keeps
+
+
+def convert_with_patterns(model: nn.Module, config: "SDConfig | str | None",
+                          patterns: dict[str, torch.Tensor],
+                          criterion: str = "energy") -> ConversionReport:
+    """`convert_to_sd` with an explicit row pattern per layer (in place).
+
+    Layers without a pattern are converted unpruned.  Rows that are zero in the dense
+    weight (pruned by `prune_dense`) decompose to zero codes and are not stored either.
+    """
+    report = ConversionReport()
+    names = [n for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
+    for name in names:
+        kw = {"row_keep": patterns[name]} if name in patterns else {}
+        part = convert_to_sd(model, config, skip=[n for n in names if n != name],
+                             criterion=criterion, **kw)
+        for entry in part.converted:
+            if name in patterns:          # the fraction of records the pattern prunes
+                entry["prune"] = 1.0 - float(patterns[name].float().mean())
+            report.converted.append(entry)
+    # modules no conversion could take (the per-layer skips are not reasons)
+    report.left_alone.extend(convert_to_sd(model, config).left_alone)
+    return report
+
+
+def validation_split(seed: int = 0, fraction: float = 0.2):
+    """The digits training split, cut into train and validation parts (stratified, fixed).
+
+    Returns a `golden.data.DigitsSplit` whose ``x_test``/``y_test`` are the validation
+    images (``fraction`` of `load_digits_split(0)`'s 1437 training images, split with
+    ``random_state=seed``).  Every choice of recipe or pruning made by looking at
+    accuracy is made on it; the test split is only reported.
+    """
+    from sklearn.model_selection import train_test_split
+    from golden.data import DigitsSplit, load_digits_split
+
+    d = load_digits_split(0)
+    idx = torch.arange(len(d.y_train)).numpy()
+    tr, va = train_test_split(idx, test_size=fraction, random_state=seed,
+                              stratify=d.y_train.numpy())
+    tr, va = torch.from_numpy(tr), torch.from_numpy(va)
+    return DigitsSplit(d.x_train[tr], d.y_train[tr], d.x_train[va], d.y_train[va])
+
+
 def check_sd_structure(model: nn.Module) -> None:
     """Raise ValueError unless every SD layer is valid (`golden.layers.SDLayer.validate`):
     ``C`` exactly on the power-of-two grid, nothing outside the frozen mask and the
@@ -391,34 +568,53 @@ class PipelineResult:
     options: dict = field(default_factory=dict)
 
 
-DEFAULT_PRUNE = {"conv2": 0.45, "conv3": 0.55, "fc": 0.15}
-"""Per-layer structural pruning fractions of the shipped model (default preset).
+DEFAULT_PRUNE = {"conv2": 0.70, "conv3": 0.72, "fc": 0.40}
+"""Per-layer structural pruning fractions of the shipped model (default preset, records
+ranked over each layer, ``scope="layer"``).
 
-With the default preset (8 lanes, 107-bit records, 72-bit basis words, 54-bit
-bias/requantisation words) the fixed costs of the four layers are 13 056 bits; the
-remaining budget of 3.5 bits/weight x 15 248 weights leaves room for 376 row records
-of the 668 an unpruned model has.  These fractions keep 356 (3.35 bits/weight); conv1
-(9 weights per filter) is left whole.
+Budget (default preset: 4 lanes, 59-bit records = 11-bit row index + 4 x 3 4-bit codes,
+72-bit basis words per lane and block, 54-bit bias/requantisation words): the fixed
+costs of the four layers are 12 841 bits (scales 4 860, basis 6 624, 23 group headers
+1 357).  The dense int8 baseline stores 1 293 96-bit weight words (one per group and
+row, fc's padding lanes included) + the same 4 860 quant bits = 128 988 bits, so a
+weight-memory ratio <= 0.30 leaves ``(0.30 x 128 988 - 12 841) / 59 = 438`` records of
+the 1 293 an unpruned model has.  These fractions keep at most 419 (conv1's 12 whole,
+conv2 115/384, conv3 215/768, fc 77/129): ratio <= 0.292, 2.46 bits/weight.  Chosen on
+the validation split (`validation_split`), see ``docs/golden.md``.
 """
 
 
 def run_pipeline(config: "SDConfig | str | None" = None, *, prune=DEFAULT_PRUNE,
                  epochs: int = 60, sd_epochs: int = 30, seed: int = 0,
-                 dense_lr: float = 1e-2, sd_lr: float = 0.05, c_update: str = "switch",
+                 dense_lr: float = 1e-2, sd_lr: float = 0.01, c_update: str = "switch",
                  switch_mode: str = "accumulate", precondition: bool = True,
                  bar: int = 1, dc_threshold: float = 0.0, switch_lr: float | None = None,
-                 criterion: str = "energy", augment: bool = True, progress: bool = False,
-                 dense_model: nn.Module | None = None,
+                 criterion: str = "energy", scope: str = "layer", prune_epochs: int = 40,
+                 prune_lr: float = 1e-2, distill_alpha: float = 0.8,
+                 temperature: float = 4.0, augment: bool = True,
+                 tune_augment: bool = False, progress: bool = False,
+                 dense_model: nn.Module | None = None, data=None,
                  threads: int | None = 1) -> PipelineResult:
-    """Dense training -> SD conversion -> SD fine-tuning on the digits split.
+    """Dense training -> gradual row pruning -> SD conversion -> SD fine-tuning.
+
+    1. dense training (`train_dense`, ``epochs``), skipped when ``dense_model`` is given;
+    2. gradual structural row pruning of a copy (`prune_dense`: ``prune_epochs`` epochs,
+       ``criterion``/``scope``, distilled from the dense model); ``prune_epochs=0``
+       prunes at once;
+    3. conversion with those row patterns (`convert_with_patterns`);
+    4. SD fine-tuning (`finetune_sd`, ``sd_epochs``, distilled from the dense model with
+       ``distill_alpha``/``temperature``; ``distill_alpha=0`` trains on labels only).
 
     Accuracies after conversion and after fine-tuning are measured on `to_dense`
     copies, i.e. with the integer-basis weights ``SDWeight.reconstruct()``.
-    ``dense_model`` skips dense training (a trained `DigitsCNN` to start from).
-    The data split is always `load_digits_split(0)`; ``seed`` drives initialisation,
-    shuffling and augmentation.  ``threads``: torch intra-op threads during the run
-    (restored after; None leaves them): this network's operations are too small for
-    OpenMP to pay off, and on a shared 2-core machine 2 threads ran 7-12x slower than 1.
+    ``augment``: shift augmentation of the dense training; ``tune_augment``: of the
+    pruning and fine-tuning (off by default: the pruned network has little capacity to
+    spare on shifted digits, and the teacher, trained with shifts, passes on what they
+    taught).  ``data``: a `golden.data.DigitsSplit` (default `load_digits_split(0)`; recipe
+    choices use `validation_split`).  ``seed`` drives initialisation, shuffling and
+    augmentation.  ``threads``: torch intra-op threads during the run (restored after;
+    None leaves them): this network's operations are too small for OpenMP to pay off,
+    and on a shared 2-core machine 2 threads ran 7-12x slower than 1.
     """
     if threads is not None:
         with intra_op_threads(threads):
@@ -427,13 +623,17 @@ def run_pipeline(config: "SDConfig | str | None" = None, *, prune=DEFAULT_PRUNE,
                                 c_update=c_update, switch_mode=switch_mode,
                                 precondition=precondition, bar=bar,
                                 dc_threshold=dc_threshold, switch_lr=switch_lr,
-                                criterion=criterion, augment=augment, progress=progress,
-                                dense_model=dense_model, threads=None)
+                                criterion=criterion, scope=scope, prune_epochs=prune_epochs,
+                                prune_lr=prune_lr, distill_alpha=distill_alpha,
+                                temperature=temperature, augment=augment,
+                                tune_augment=tune_augment, progress=progress,
+                                dense_model=dense_model, data=data,
+                                threads=None)
     from golden.data import load_digits_split
     from golden.models import DigitsCNN
 
     cfg = load_config(config)
-    data = load_digits_split(0)
+    data = load_digits_split(0) if data is None else data
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     if dense_model is None:
@@ -442,11 +642,21 @@ def run_pipeline(config: "SDConfig | str | None" = None, *, prune=DEFAULT_PRUNE,
                     augment=augment, progress=progress)
     else:
         dense = dense_model
+    dense.eval()
     t_dense = time.perf_counter() - t0
     acc_dense = evaluate(dense, data.x_test, data.y_test)
+    teacher = dense if distill_alpha > 0 else None
     model = copy.deepcopy(dense)
     t0 = time.perf_counter()
-    report = convert_to_sd(model, cfg, prune=prune, criterion=criterion)
+    patterns = prune_dense(model, data.x_train, data.y_train, prune, cfg,
+                           epochs=prune_epochs, lr=prune_lr, criterion=criterion, scope=scope,
+                           teacher=teacher, distill_alpha=distill_alpha,
+                           temperature=temperature, augment=tune_augment, seed=seed,
+                           progress=progress)
+    t_prune = time.perf_counter() - t0
+    acc_pruned = evaluate(model, data.x_test, data.y_test)
+    t0 = time.perf_counter()
+    report = convert_with_patterns(model, cfg, patterns, criterion)
     t_convert = time.perf_counter() - t0
     acc_sd = evaluate(to_dense(model), data.x_test, data.y_test)
     # The decomposition alone (no structural pruning), for reference.
@@ -458,14 +668,17 @@ def run_pipeline(config: "SDConfig | str | None" = None, *, prune=DEFAULT_PRUNE,
     ft = finetune_sd(model, data.x_train, data.y_train, epochs=sd_epochs, lr=sd_lr,
                      c_update=c_update, bar=bar, dc_threshold=dc_threshold,
                      switch_lr=switch_lr, switch_mode=switch_mode, precondition=precondition,
-                     augment=augment, seed=seed, progress=progress)
+                     augment=tune_augment, seed=seed, teacher=teacher,
+                     distill_alpha=distill_alpha, temperature=temperature,
+                     progress=progress)
     t_ft = time.perf_counter() - t0
     check_sd_structure(model)
     model.eval()
     acc_ft = evaluate(to_dense(model), data.x_test, data.y_test)
     storage = storage_report(model)
     metrics = {
-        "acc_dense_fp32": acc_dense, "acc_sd_decomposed": acc_sd, "acc_sd_finetuned": acc_ft,
+        "acc_dense_fp32": acc_dense, "acc_dense_pruned": acc_pruned,
+        "acc_sd_decomposed": acc_sd, "acc_sd_finetuned": acc_ft,
         "acc_sd_unpruned_decomposed": acc_unpruned, "bits_per_weight_unpruned": bpw_unpruned,
         "acc_drop_finetuned": acc_dense - acc_ft,
         "train_acc_sd_finetuned": evaluate(to_dense(model), data.x_train, data.y_train),
@@ -474,12 +687,15 @@ def run_pipeline(config: "SDConfig | str | None" = None, *, prune=DEFAULT_PRUNE,
         "compression_vs_int8": storage["compression_vs_int8"],
         "storage": storage, "conversion": report.converted,
         "left_alone": report.left_alone, "switches": ft["switches"],
-        "seconds": {"dense": t_dense, "convert": t_convert, "finetune": t_ft},
+        "seconds": {"dense": t_dense, "prune": t_prune, "convert": t_convert,
+                    "finetune": t_ft},
         "n_test": len(data.y_test), "n_train": len(data.y_train),
     }
     options = {"prune": prune, "epochs": epochs, "sd_epochs": sd_epochs, "seed": seed,
                "dense_lr": dense_lr, "sd_lr": sd_lr, "c_update": c_update, "bar": bar,
                "dc_threshold": dc_threshold, "switch_lr": switch_lr, "criterion": criterion,
+               "scope": scope, "prune_epochs": prune_epochs, "prune_lr": prune_lr,
+               "distill_alpha": distill_alpha, "temperature": temperature,
                "switch_mode": switch_mode, "precondition": precondition, "augment": augment,
-               "split_seed": 0}
+               "tune_augment": tune_augment, "split_seed": 0}
     return PipelineResult(dense, model, cfg, metrics, options)

@@ -1,14 +1,16 @@
-"""`smartdeal train`: dense training, SD conversion and SD fine-tuning of the digits CNN.
+"""`smartdeal train`: dense training, row pruning, SD conversion and SD fine-tuning.
 
 Examples
 --------
     smartdeal train --out build/train
     smartdeal train --out build/train --prune conv2=0.7,conv3=0.75,fc=0.4 --seed 1
+    smartdeal train --out build/t --prune-epochs 0 --scope group --distill-alpha 0
     smartdeal train --out build/t --config tiny --epochs 30 --sd-epochs 20
 
 Writes ``DIR/digits_sd.pt`` (SD checkpoint, `golden.models.load_checkpoint`),
 ``DIR/digits_dense.pt`` (the dense model) and ``DIR/metrics.json``, and prints the test
-accuracy (dense fp32, SD after decomposition, SD after fine-tuning; both SD figures use
+accuracy (dense fp32, dense after row pruning, SD after decomposition, SD after
+fine-tuning; both SD figures use
 the integer-basis weights the hardware rebuilds) and the storage (bits per weight with
 every code, index, basis and scale bit counted; compression vs fp32 and int8).
 """
@@ -53,11 +55,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sd-epochs", type=int, default=30,
                         help="SD fine-tuning epochs (default 30)")
     parser.add_argument("--prune", type=parse_prune, default=None,
-                        help="structural pruning: FRACTION or NAME=FRACTION,... "
-                             "(default conv2=0.45,conv3=0.55,fc=0.15; 'none' to disable)")
+                        help="structural pruning: FRACTION or NAME=FRACTION,... (default "
+                             "golden.training.DEFAULT_PRUNE; 'none' to disable)")
     parser.add_argument("--criterion", default="energy",
                         choices=("value", "energy", "population"),
                         help="row pruning criterion (default energy)")
+    parser.add_argument("--scope", default="layer", choices=("layer", "group"),
+                        help="rank row records over the whole layer (default, cost-aware) "
+                             "or prune the same number of rows in every group (reference)")
+    parser.add_argument("--prune-epochs", type=int, default=40,
+                        help="epochs of gradual row pruning of the dense model before the "
+                             "conversion (default 40; 0 prunes at once)")
+    parser.add_argument("--tune-augment", action="store_true",
+                        help="shift augmentation during pruning and SD fine-tuning too "
+                             "(default: dense training only)")
+    parser.add_argument("--sd-lr", type=float, default=None,
+                        help="SD fine-tuning learning rate (default: run_pipeline's)")
+    parser.add_argument("--distill-alpha", type=float, default=None,
+                        help="weight of the distillation loss from the dense model during "
+                             "pruning and fine-tuning (default: run_pipeline's; 0 = labels "
+                             "only)")
     parser.add_argument("--c-update", default="switch", choices=("switch", "sgd", "frozen"),
                         help="how coefficients train (default: bucket switch)")
     parser.add_argument("--switch-mode", default="accumulate", choices=("accumulate", "sign"),
@@ -74,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _report(m: dict) -> str:
     lines = [
         f"test accuracy  dense fp32        {m['acc_dense_fp32']:6.2f} %",
+        f"               dense row-pruned  {m['acc_dense_pruned']:6.2f} %  "
+        f"(fp32, after gradual row pruning)",
         f"               SD decomposed     {m['acc_sd_decomposed']:6.2f} %  "
         f"(integer-basis weights, before fine-tuning)",
         f"               SD fine-tuned     {m['acc_sd_finetuned']:6.2f} %  "
@@ -101,10 +120,14 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     prune = DEFAULT_PRUNE if args.prune is None else args.prune
+    extra = {k: v for k, v in (("sd_lr", args.sd_lr), ("distill_alpha", args.distill_alpha))
+             if v is not None}
     res = run_pipeline(cfg, prune=prune, epochs=args.epochs, sd_epochs=args.sd_epochs,
                        seed=args.seed, c_update=args.c_update, switch_mode=args.switch_mode,
-                       bar=args.bar, criterion=args.criterion,
-                       progress=not args.no_progress, threads=args.threads)
+                       bar=args.bar, criterion=args.criterion, scope=args.scope,
+                       prune_epochs=args.prune_epochs, tune_augment=args.tune_augment,
+                       progress=not args.no_progress,
+                       threads=args.threads, **extra)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     m = res.metrics

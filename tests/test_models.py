@@ -74,6 +74,36 @@ def test_shipped_checkpoint_loads_and_meets_its_bounds():
     assert DENSE_CHECKPOINT.is_file()
 
 
+def test_shipped_checkpoint_integer_accuracy_and_weight_memory_ratio():
+    """The bit-exact integer network is within 1 point of dense fp32 too; words x width
+    of the accelerator's weight images (as the bench's RTL section counts them): SD Ce +
+    basis + quant <= 0.30 of the dense int8 baseline's weights + quant (target 1/3, kept
+    with margin), and <= 1/3 without the quant words."""
+    from golden.qnet import build_qnet
+    from golden.rtl_runner import pack_network
+    from hw.top import memory_map
+
+    model, cfg, info = load_checkpoint(with_info=True)
+    data = load_digits_split(0)
+    qnet = build_qnet(model, cfg, data.x_train)
+    acc_int = 100.0 * float((qnet.predict(data.x_test.numpy()) == data.y_test.numpy()).mean())
+    assert acc_int >= info["metrics"]["acc_dense_fp32"] - 1.0
+    bits = {}
+    for kind in ("sd", "dense"):
+        images, _, _ = pack_network(qnet, kind)
+        mm = memory_map(cfg, kind)
+        where = {"ce": "weights", "dense": "weights", "basis": "basis", "quant": "quant"}
+        bits[kind] = {name: len(words) * mm[where[name]]["width"]
+                      for name, words in images.items()}
+    sd, dense = bits["sd"], bits["dense"]
+    assert set(sd) == {"ce", "basis", "quant"} and set(dense) == {"dense", "quant"}
+    assert sd["quant"] == dense["quant"]
+    # the images hold exactly what the storage report counts
+    assert sum(sd.values()) == storage_report(model)["total"]["total"]
+    assert sum(sd.values()) / sum(dense.values()) <= 0.30
+    assert (sd["ce"] + sd["basis"]) / dense["dense"] <= 1 / 3
+
+
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = DigitsCNN()

@@ -1,4 +1,5 @@
-"""SD training keeps the SD structure; bucket switch semantics; the end-to-end pipeline."""
+"""SD training keeps the SD structure; bucket switch semantics; row pruning (layer scope,
+gradual, in dense form); the validation split; the end-to-end pipeline."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from golden.data import load_digits_split
 from golden.layers import SDConv2d, SDLinear, convert_to_sd, sd_layers
 from golden.models import DigitsCNN
 from golden.quantize import project
-from golden.training import (BucketSwitch, check_sd_structure, finetune_sd, reproject,
+from golden.sdweight import weight_to_rows
+from golden.sparsity import prune_rows
+from golden.training import (BucketSwitch, check_sd_structure, convert_with_patterns,
+                             finetune_sd, prune_dense, prune_schedule, reproject, row_masks,
                              run_pipeline, sd_parameters, sd_training_step, storage_report,
-                             switch_values)
+                             switch_values, validation_split)
 from hw.config import preset
 
 CFG = preset("default")
@@ -155,13 +159,99 @@ def test_storage_report_totals():
 
 
 def test_end_to_end_training_meets_the_accuracy_bound():
-    """Shortened schedule (< 60 s on 2 cores): SD within 1 point of dense at <= 3.5 b/w."""
-    res = run_pipeline(epochs=30, sd_epochs=25, seed=0)
+    """Shortened schedule (about a minute on 2 cores): SD within 1 point of dense at the
+    weight-memory budget of the shipped recipe (<= 2.55 bits/weight, everything counted)."""
+    res = run_pipeline(epochs=30, prune_epochs=15, sd_epochs=20, seed=0)
     m = res.metrics
-    assert m["bits_per_weight"] <= 3.5
+    assert m["bits_per_weight"] <= 2.55
     assert m["acc_dense_fp32"] >= 97.0
     assert m["acc_sd_finetuned"] >= m["acc_dense_fp32"] - 1.0, m
-    assert m["acc_sd_finetuned"] > m["acc_sd_decomposed"]
+    assert m["acc_sd_finetuned"] >= m["acc_sd_decomposed"], m
     check_sd_structure(res.sd_model)
     assert all(isinstance(layer, (SDConv2d, SDLinear)) for _, layer, _ in
                res.sd_model.layer_plan())
+
+
+def test_layer_scope_prunes_records_over_the_whole_layer():
+    # 3 groups of 4 filters (the last holds 2 real filters, like fc's), 5 rows each
+    torch.manual_seed(0)
+    w = torch.randn(10, 15) * 0.01
+    w[:4] *= 100.0                      # group 0 matters most
+    keep = prune_rows(w, 0.5, 4, 3, "energy", scope="layer")
+    assert keep.shape == (3, 5)
+    assert int((~keep).sum()) == 8      # floor(0.5 * 15 + 0.5) records of the layer
+    assert keep[0].all()                # the strong group keeps all its rows
+    assert keep.any(dim=1).all()        # no group is left without a row
+    # the group scope prunes the same count in every group instead
+    assert (~prune_rows(w, 0.5, 4, 3, "energy")).sum(1).tolist() == [3, 3, 3]
+    # a huge fraction still leaves every group its best row
+    scores = weight_to_rows(w, 3).square().sum(-1)
+    keep = prune_rows(w, 0.99, 4, 3, "energy", scope="layer")
+    assert keep.sum(1).tolist() == [1, 1, 1]
+    best = torch.stack([scores[g * 4:g * 4 + 4].sum(0).argmax() for g in range(3)])
+    assert keep.float().argmax(1).tolist() == best.tolist()
+    with pytest.raises(ValueError, match="scope"):
+        prune_rows(w, 0.5, 4, 3, scope="global")
+
+
+def test_prune_schedule_is_a_monotone_ramp():
+    fr = [prune_schedule(0.6, e, 10) for e in range(14)]
+    assert fr == sorted(fr) and 0 < fr[0] < 0.6
+    assert fr[9] == fr[13] == pytest.approx(0.6) and fr[8] < 0.6
+    assert prune_schedule(0.6, 0, 1) == prune_schedule(0.6, 0, 0) == 0.6
+
+
+def test_row_masks_follow_the_row_layout():
+    w = torch.randn(6, 5, 3, 3)        # R = 15 rows of 3
+    keep = torch.rand(2, 15) > 0.5
+    masked = w * row_masks(w, keep, 4, 3)
+    rows = weight_to_rows(masked, 3)
+    group = torch.arange(6) // 4
+    assert (rows[~keep[group]] == 0).all()
+    assert torch.equal(rows[keep[group]], weight_to_rows(w, 3)[keep[group]])
+    lin = torch.randn(3, 10)           # R = 4 rows, the last one padded
+    keep = torch.tensor([[True, False, True, False]])
+    m = row_masks(lin, keep, 4, 3)
+    assert m.tolist() == [[True] * 3 + [False] * 3 + [True] * 3 + [False]] * 3
+
+
+def test_gradual_pruning_then_conversion_keeps_the_patterns():
+    torch.manual_seed(0)
+    data = load_digits_split(0)
+    dense = DigitsCNN()
+    teacher = DigitsCNN().eval()
+    prune = {"conv2": 0.6, "conv3": 0.75, "fc": 0.45}
+    x, y = data.x_train[:256], data.y_train[:256]
+    pats = prune_dense(dense, x, y, prune, CFG, epochs=3, teacher=teacher)
+    assert set(pats) == {"conv1", "conv2", "conv3", "fc"} and pats["conv1"].all()
+    for name, frac in prune.items():
+        k = pats[name]
+        assert int((~k).sum()) == int(frac * k.numel() + 0.5), name
+        w = getattr(dense, name).weight.detach()
+        rows = weight_to_rows(w, 3)
+        assert (rows[~k[torch.arange(w.shape[0]) // CFG.lanes]] == 0).all(), name
+    report = convert_with_patterns(dense, CFG, pats)
+    assert [c["name"] for c in report.converted] == ["conv1", "conv2", "conv3", "fc"]
+    assert report.converted[2]["prune"] == pytest.approx(0.75, abs=0.01)
+    assert report.left_alone == []
+    for name, layer in sd_layers(dense):
+        assert not (layer.row_keep & ~pats[name]).any(), name
+    check_sd_structure(dense)
+    with pytest.raises(ValueError, match="unknown layer"):
+        prune_dense(DigitsCNN(), x, y, {"conv9": 0.5}, CFG, epochs=0)
+    with pytest.raises(ValueError, match="epochs"):
+        prune_dense(DigitsCNN(), x, y, 0.5, CFG, epochs=-1)
+    with pytest.raises(ValueError, match="scope"):
+        prune_dense(DigitsCNN(), x, y, 0.5, CFG, scope="net")
+
+
+def test_validation_split_is_carved_from_the_training_images():
+    a, b = validation_split(0), validation_split(0)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert len(a.y_train) + len(a.y_test) == 1437 and len(a.y_test) == 288
+    d = load_digits_split(0)
+    # both parts are rows of the training split, partitioning it
+    key = lambda x, y: sorted(map(tuple, torch.cat([x.flatten(1), y[:, None]], 1).tolist()))  # noqa: E731
+    assert key(torch.cat([a.x_train, a.x_test]), torch.cat([a.y_train, a.y_test])) == \
+        key(d.x_train, d.y_train)
+    assert int(torch.bincount(a.y_test, minlength=10).min()) >= 27
