@@ -42,6 +42,10 @@ from hw.writer import ResultWriter
 
 __all__ = ["LayerDatapath", "DENSE_WEIGHT_BITS", "dense_word_bits", "weight_word_bits"]
 
+#: Results that may be on their way to the writer FIFO when the sequencer sees its fill:
+#: the sequencer's 2 stages, `MacLanes.LATENCY`, the registered fill and one spare.
+CREDIT_SLACK = 2 + MacLanes.LATENCY + 3
+
 #: Weight width of the dense int8 baseline.
 DENSE_WEIGHT_BITS = 8
 
@@ -67,7 +71,9 @@ class LayerDatapath(wiring.Component):
         Decoded rows buffered between the decoder and the basis array (lookahead of the
         basis loader).
     result_fifo : int
-        Results buffered in front of the writer.
+        Results buffered in front of the writer.  The MAC lanes never stall: the
+        sequencer issues an op only while the FIFO has room for every result that may
+        be in flight (`CREDIT_SLACK`), so no ready signal runs back through the lanes.
 
     Attributes
     ----------
@@ -90,7 +96,7 @@ class LayerDatapath(wiring.Component):
     """
 
     def __init__(self, config: SDConfig, kind: str = "sd", *, row_fifo: int = 16,
-                 result_fifo: int = 32):
+                 result_fifo: int = 48):
         if kind not in ("sd", "dense"):
             raise ValueError(f"kind must be 'sd' or 'dense', got {kind!r}")
         self.config, self.kind = config, kind
@@ -262,7 +268,19 @@ class LayerDatapath(wiring.Component):
         wiring.connect(m, quant.bundles, seq.quant)
         wiring.connect(m, seq.ops, mac.ops)
         m.d.comb += mac.quant.eq(seq.op_quant)
-        wiring.connect(m, mac.results, writer.results)
+        # Results flow into the writer's FIFO without back-pressure; the sequencer holds
+        # while the FIFO (level seen one cycle late) lacks room for all ops in flight.
+        if self.result_fifo <= CREDIT_SLACK:
+            raise ValueError(f"result_fifo must exceed {CREDIT_SLACK} (ops in flight), "
+                             f"got {self.result_fifo}")
+        m.d.comb += [writer.results.valid.eq(mac.results.valid),
+                     writer.results.payload.eq(mac.results.payload),
+                     mac.results.ready.eq(1)]
+        hold = Signal()
+        m.d.sync += hold.eq(writer.fill > self.result_fifo - CREDIT_SLACK)
+        m.d.comb += seq.hold.eq(hold)
+        overflow = Signal()
+        m.d.comb += overflow.eq(mac.results.valid & ~writer.results.ready)
 
         # The weight side is done with its layer once every word was fed, every row
         # left the decoder and the row-address unit, and every quant bundle was formed.
@@ -278,7 +296,7 @@ class LayerDatapath(wiring.Component):
                      self.progress.eq(op_xfer | res_xfer | feeder.reads | writer.writes)]
         with m.If(ctl.error):
             m.d.comb += [self.error.eq(1), self.error_code.eq(ctl.error_code)]
-        with m.Elif(writer.error):
+        with m.Elif(writer.error | overflow):
             m.d.comb += [self.error.eq(1), self.error_code.eq(CtrlError.WRITER_SYNC)]
         # events in hw.host.Counter order (STALLS is added by the top)
         m.d.comb += [self.events[0].eq(feeder.reads), self.events[1].eq(basis_reads),

@@ -178,6 +178,9 @@ class RowSequencer(wiring.Component):
         The quant bundle of the op on ``ops`` (`MacLanes` samples it with the op).
     rd_addr : Out(ArrayLayout(act bank address, S)); rd_en : Out(1); rd_data : In
         Read ports of the ``S`` activation banks (data one cycle after ``rd_en``).
+    hold : In(1)
+        Issue no position this cycle (the datapath's credit for the result FIFO: with
+        it the MAC lanes never stall, so no ready chain runs back through them).
 
     Notes
     -----
@@ -203,6 +206,7 @@ class RowSequencer(wiring.Component):
             "rd_addr": Out(data.ArrayLayout(unsigned(g.act), S)),
             "rd_en": Out(1),
             "rd_data": In(data.ArrayLayout(unsigned(config.lanes * config.act_bits), S)),
+            "hold": In(1),
         })
 
     # position counters shared by the live set and the tile snapshot
@@ -233,6 +237,9 @@ class RowSequencer(wiring.Component):
         t = Signal(range(cfg.acc_depth + 1))
         tile = Signal(g.dim)
         tile_size = Signal(g.tile)
+        t_last = Signal()           # t + 1 == tile_size
+        tile_last = Signal()        # tile + 1 == N_TILES
+        held_tile_end = Signal()    # held row: last row of the final group
 
         wl = weights_row_layout(cfg, self.weight_bits)
         held_valid = Signal()
@@ -285,9 +292,11 @@ class RowSequencer(wiring.Component):
         row_end = Signal()
         tile_end = Signal()
         m.d.comb += [
-            issue.eq(held_valid & adv),
-            row_end.eq(t + 1 == tile_size),
-            tile_end.eq(held_w.last & (held_w.group == d.N_GROUPS - 1)),
+            issue.eq(held_valid & adv & ~self.hold),
+            # registered flags (short take path): t is the tile's final position; the
+            # held row is the tile's final row; the tile is the layer's final one
+            row_end.eq(t_last),
+            tile_end.eq(held_tile_end),
         ]
         base = Signal(signed(g.act + g.dim + 4))
         m.d.comb += base.eq(cur.pbase + held_i.row_off)
@@ -349,7 +358,7 @@ class RowSequencer(wiring.Component):
         # layer_start (the writer must finish this layer before they read activations).
         finished = Signal()
         layer_end = Signal()
-        m.d.comb += layer_end.eq(issue & row_end & tile_end & (tile + 1 == d.N_TILES))
+        m.d.comb += layer_end.eq(issue & row_end & tile_end & tile_last)
         with m.If(layer_end):
             m.d.sync += finished.eq(1)
         m.d.comb += [
@@ -359,7 +368,9 @@ class RowSequencer(wiring.Component):
             q_in.ready.eq(take & w_in.payload.first),
         ]
         with m.If(take):
-            m.d.sync += [held_w.eq(w_in.payload), held_i.eq(i_in.payload)]
+            m.d.sync += [held_w.eq(w_in.payload), held_i.eq(i_in.payload),
+                         held_tile_end.eq(w_in.payload.last
+                                          & (w_in.payload.group == d.N_GROUPS - 1))]
             with m.If(w_in.payload.first):
                 m.d.sync += held_q.eq(q_in.payload)
         with m.Elif(issue & row_end):
@@ -372,16 +383,19 @@ class RowSequencer(wiring.Component):
             with m.If(row_end):
                 m.d.sync += t.eq(0)
                 with m.If(tile_end):
+                    new_size = Mux(tile + 2 == d.N_TILES, d.LAST_TILE, d.TILE)
                     m.d.sync += [cur.eq(nxt), snap.eq(nxt), tile.eq(tile + 1),
-                                 tile_size.eq(Mux(tile + 2 == d.N_TILES, d.LAST_TILE,
-                                                  d.TILE))]
+                                 tile_size.eq(new_size), t_last.eq(new_size == 1),
+                                 tile_last.eq(tile + 2 == d.N_TILES)]
                 with m.Else():
-                    m.d.sync += cur.eq(snap)
+                    m.d.sync += [cur.eq(snap), t_last.eq(tile_size == 1)]
             with m.Else():
-                m.d.sync += [t.eq(t + 1), cur.eq(nxt)]
+                m.d.sync += [t.eq(t + 1), cur.eq(nxt), t_last.eq(t + 2 == tile_size)]
 
         with m.If(self.layer_start):
+            first_size = Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)
             m.d.sync += [cur.eq(first_pos), snap.eq(first_pos), t.eq(0), tile.eq(0),
-                         tile_size.eq(Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)),
+                         tile_size.eq(first_size), t_last.eq(first_size == 1),
+                         tile_last.eq(d.N_TILES == 1),
                          held_valid.eq(0), finished.eq(0)]
         return m

@@ -59,6 +59,9 @@ class ResultWriter(wiring.Component):
         Pulse: a result's ``addr`` differed from the expected position.
     writes : Out(1)
         High in a cycle with a write (energy counter).
+    fill : Out(range(fifo_depth + 1))
+        Results in the FIFO (the datapath issues ops only while it has room for all
+        results in flight, see `hw.datapath.LayerDatapath`).
     """
 
     def __init__(self, config: SDConfig, fifo_depth: int = 32):
@@ -76,6 +79,7 @@ class ResultWriter(wiring.Component):
             "done": Out(1),
             "error": Out(1),
             "writes": Out(1),
+            "fill": Out(range(fifo_depth + 1)),
         })
 
     def elaborate(self, platform):
@@ -88,7 +92,7 @@ class ResultWriter(wiring.Component):
         m.d.comb += [buf.w_data.eq(self.results.payload), buf.w_en.eq(self.results.valid),
                      self.results.ready.eq(buf.w_rdy)]
         res = Signal(rl)
-        m.d.comb += res.eq(buf.r_data)
+        m.d.comb += [res.eq(buf.r_data), self.fill.eq(buf.level)]
 
         a = g.act + 2
         pos = data.StructLayout({
