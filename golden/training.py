@@ -21,6 +21,12 @@ SD training follows the reference (``SmartDeal-Training``):
 
 So after any number of steps every coefficient is 0 or a sum of ``terms`` signed powers
 of two in ``[exp_min, exp_max]`` and the structural pattern holds.
+
+Before the conversion, `prune_dense` prunes whole rows of the dense model gradually
+(cubic ramp, rows ranked over each layer, distilled from the unpruned model) so that the
+remaining rows learn to carry the pruned ones; `run_pipeline` chains dense training,
+that pruning, the conversion (`convert_with_patterns`) and the SD fine-tuning.
+Recipe choices are made on `validation_split`, never on the test split.
 """
 
 from __future__ import annotations

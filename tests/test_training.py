@@ -159,7 +159,7 @@ def test_storage_report_totals():
 
 
 def test_end_to_end_training_meets_the_accuracy_bound():
-    """Shortened schedule (about a minute on 2 cores): SD within 1 point of dense at the
+    """Shortened schedule (about 10 s on one core): SD within 1 point of dense at the
     weight-memory budget of the shipped recipe (<= 2.55 bits/weight, everything counted)."""
     res = run_pipeline(epochs=30, prune_epochs=15, sd_epochs=20, seed=0)
     m = res.metrics
