@@ -27,8 +27,8 @@ TARGETS: tuple[TargetSpec, ...] = (
     TargetSpec("decompose.resnet18_peak_gb", "peak memory, ResNet-18-shaped set",
                "<", 3.0, "GB", 3, "decompose", f"{_B} --only decompose"),
     # Issue 3: accuracy at the storage budget, and the report at 2.5 bits/weight.
-    TargetSpec("accuracy.drop_points", "dense fp32 minus SD fine-tuned test accuracy "
-               "(digits CNN)", "<=", 1.0, "points", 3, "accuracy", f"{_B} --only accuracy"),
+    TargetSpec("accuracy.drop_points", "dense fp32 minus SD fine-tuned test accuracy, "
+               "worst seed (digits CNN)", "<=", 1.0, "points", 3, "accuracy", f"{_B} --only accuracy"),
     TargetSpec("accuracy.bits_per_weight", "SD storage of that model, everything counted",
                "<=", 3.5, "bits/weight", 3, "accuracy", f"{_B} --only accuracy"),
     # Issue 6: RTL on the digits network.
