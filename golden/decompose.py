@@ -365,6 +365,26 @@ class _Projector:
 _COMPACT_FRACTION = 0.2
 
 
+def solve_short_filters(blocks: torch.Tensor, exp_min: int, top: int, terms: int,
+                        opts: DecomposeOptions):
+    """`solve_blocks` for filters of fewer rows than ``S`` (both solvers use it).
+
+    Blocks ``(nb, m, S)`` with ``m < S``: ``Ce = 2^top [I | 0]``, ``B = A / 2^top``.
+    ``m < S`` rows cannot determine an ``S x S`` basis: the alternating algorithm then
+    settles on a basis with large, cancelling entries that the per-filter 8-bit basis scale
+    cannot hold (relative errors 0.2-0.85 on Gaussian filters of 4-6 inputs).  The identity
+    code is exact; only the basis's rounding remains.  All-zero rows (pruned, padding) keep
+    a zero code; no iteration runs (``iters`` 0).
+    """
+    nb, m, s = blocks.shape
+    cq = torch.zeros(nb, m, s, dtype=opts.dtype)
+    diag = torch.arange(m)
+    cq[:, diag, diag] = blocks.ne(0).any(-1).to(opts.dtype) * 2.0 ** top
+    basis = torch.zeros(nb, s, s, dtype=torch.float64)
+    basis[:, :m] = blocks.to(torch.float64) * 2.0 ** -top
+    return cq.transpose(1, 2).contiguous(), basis, torch.zeros(nb, dtype=torch.int64)
+
+
 def solve_blocks(blocks: torch.Tensor, exp_min: int, top: int, terms: int,
                  opts: DecomposeOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decompose a batch of blocks at once (steps 0-3 of the module docstring).
@@ -679,6 +699,8 @@ def _run_serial(weight, config, name, options, solver) -> SDWeight:
     pruned = not bool(keep.all())
     blocks, n_blocks = _blocks_of(w, s, cfg.block_rows, copy=pruned)
     cout, r = w.shape[0], keep.shape[1]
+    if r < s:
+        solver = solve_short_filters
     if pruned:
         rows = blocks.view(cout, -1, s)
         rows[:, :r] *= keep[group_of_filters(cout, cfg.lanes)][..., None].to(w.dtype)
