@@ -53,15 +53,15 @@ class MacLanes(wiring.Component):
 
     Notes
     -----
-    Latency `LATENCY` = 9 cycles from an op's transfer to its result on ``results``
-    (1 op register; 2 products (DSP blocks); 3 adder tree; 4 accumulate, RAM write and
-    registered sum; 5 bias; 6 two partial products of the requantization multiply (DSP
-    blocks); 7 their sum; 8 the rounding shift; 9 rounding / ReLU / saturation into the
-    output register).  Every stage
+    Latency `LATENCY` = 10 cycles from an op's transfer to its result on ``results``
+    (1 op register; 2 products (DSP blocks); 3 adder tree, accumulator RAM read; 4 read
+    data registered; 5 accumulate, RAM write and registered sum; 6 bias; 7 two partial
+    products of the requantization multiply (DSP blocks); 8 their sum; 9 the rounding
+    shift; 10 rounding / ReLU / saturation into the output register).  Every stage
     is one carry chain or one DSP block deep, so the lanes are not the design's
     critical path.  Throughput one op per cycle, including
-    back-to-back ops on the same ``addr`` (``P = 1``): the accumulator RAM is read one
-    cycle before it is written, and the value written in the cycle of the read is
+    back-to-back ops on the same ``addr`` (``P = 1``, ``P = 2``): the accumulator RAM is
+    read two cycles before it is written, and the sums written by the two ops ahead are
     forwarded, so every op sees all earlier ones.  The whole pipeline stalls while a
     result waits on ``results`` (``ops.ready = ~results.valid | results.ready``).
     The accumulator wraps at ``acc_bits``; ``acc + bias`` is computed on
@@ -69,7 +69,7 @@ class MacLanes(wiring.Component):
     sums fit, see ``docs/format.md``).
     """
 
-    LATENCY = 9
+    LATENCY = 10
 
     def __init__(self, config: SDConfig, weight_bits: int | None = None):
         if not isinstance(config, SDConfig):
@@ -146,29 +146,44 @@ class MacLanes(wiring.Component):
         with m.If(advance):
             for l in range(L):
                 m.d.sync += dot2[l].eq(adder_tree(prod_p[l]))
-        # The RAM read of the op in stage P is issued when it moves to stage D, so the
-        # data is there when the op accumulates.
+        # The RAM read of the op in stage P is issued when it moves to stage D; the data
+        # arrives while it is in D and is registered (rd_r) for the accumulate stage E,
+        # so the RAM's clock-to-output time and the adder are in different cycles.
         m.d.comb += [rd.addr.eq(addrp), rd.en.eq(advance)]
+        rd_r = Signal(data.ArrayLayout(acc_shape, L))
+        dot_e = [Signal(dot_shape, name=f"dot_e_l{l}") for l in range(L)]
+        ve, addre, firste, laste, qe = follow("e", v2, addr2, first2, last2, q2)
+        with m.If(advance):
+            m.d.sync += rd_r.eq(rd.data)
+            for l in range(L):
+                m.d.sync += dot_e[l].eq(dot2[l])
 
-        # --- accumulate stage (op in D): read-modify-write ------------------------------
-        # Forwarding register: the write made in the cycle this op's read was issued
-        # is not in the read data yet.
-        fwd_valid, fwd_addr = Signal(), Signal(cfg.acc_addr_bits)
-        fwd_data = Signal(data.ArrayLayout(acc_shape, L))
+        # --- stage E: accumulate (read-modify-write) ----------------------------------------
+        # Forwarding registers: the writes of the two ops ahead (made in the cycle this
+        # op's read was issued and in the next one) are not in the read data.  fwd1 is
+        # the newer and wins.
+        fwd1_valid, fwd1_addr = Signal(), Signal(cfg.acc_addr_bits)
+        fwd2_valid, fwd2_addr = Signal(), Signal(cfg.acc_addr_bits)
+        fwd_data = Signal(data.ArrayLayout(acc_shape, L))       # fwd1's sums
+        fwd2_data = Signal(data.ArrayLayout(acc_shape, L))
         acc_new = Signal(data.ArrayLayout(acc_shape, L))
-        hit = Signal()
-        m.d.comb += hit.eq(fwd_valid & (fwd_addr == addr2))
+        hit1, hit2 = Signal(), Signal()
+        m.d.comb += [hit1.eq(fwd1_valid & (fwd1_addr == addre)),
+                     hit2.eq(fwd2_valid & (fwd2_addr == addre))]
         for l in range(L):
             old = Signal(acc_shape, name=f"old_l{l}")
             m.d.comb += [
-                old.eq(Mux(first2, 0, Mux(hit, fwd_data[l], rd.data[l]))),
-                acc_new[l].eq(old + dot2[l]),
+                old.eq(Mux(firste, 0, Mux(hit1, fwd_data[l],
+                                          Mux(hit2, fwd2_data[l], rd_r[l])))),
+                acc_new[l].eq(old + dot_e[l]),
             ]
-        m.d.comb += [wr.addr.eq(addr2), wr.data.eq(acc_new), wr.en.eq(v2 & advance)]
+        m.d.comb += [wr.addr.eq(addre), wr.data.eq(acc_new), wr.en.eq(ve & advance)]
         with m.If(advance):
-            m.d.sync += [fwd_valid.eq(v2), fwd_addr.eq(addr2), fwd_data.eq(acc_new)]
+            m.d.sync += [fwd1_valid.eq(ve), fwd1_addr.eq(addre), fwd_data.eq(acc_new),
+                         fwd2_valid.eq(fwd1_valid), fwd2_addr.eq(fwd1_addr),
+                         fwd2_data.eq(fwd_data)]
         # fwd_data is also the registered sum the bias stage adds to
-        va, addra, _, _, qa = follow("a", v2 & last2, addr2, first2, last2, q2)
+        va, addra, _, _, qa = follow("a", ve & laste, addre, firste, laste, qe)
 
         # --- stage 3: bias -------------------------------------------------------------
         sum3 = [Signal(sum_shape, name=f"sum3_l{l}") for l in range(L)]
