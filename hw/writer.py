@@ -159,10 +159,15 @@ class ResultWriter(wiring.Component):
         m.d.comb += digits(gb_step, *mixed_add(gb, d.GHW_Q, d.GHW_L, d.GHW_S, L, S))
 
         # ---- one result: feature-map word, or the scatter of its lanes --------------------
-        remaining = Signal(range(cfg.quant_depth + L + 1))
+        # Registered end-of-count flags keep the compares off the path from the FIFO head
+        # to the counters' enables: t is the tile's final position, group the final
+        # group, tile the final tile; n_lanes is the channels of the current group.
+        t_last, grp_last, tile_last = Signal(), Signal(), Signal()
         n_lanes = Signal(range(L + 1))
-        m.d.comb += [remaining.eq(d.COUT - cbase),
-                     n_lanes.eq(Mux(remaining < L, remaining, L))]
+
+        def lanes_from(c):
+            left = d.COUT - c
+            return Mux(left < L, left, L)
         have = Signal()
         m.d.comb += have.eq(buf.r_rdy & running)
         finish = Signal()                     # the result at the FIFO head is complete
@@ -202,31 +207,39 @@ class ResultWriter(wiring.Component):
         with m.If(finish):
             with m.If(res.addr != t):
                 m.d.sync += self.error.eq(1)
-            with m.If(t + 1 == tile_size):
+            with m.If(t_last):
                 m.d.sync += t.eq(0)
-                with m.If(group + 1 == d.N_GROUPS):
+                with m.If(grp_last):
+                    new_size = Mux(tile + 2 == d.N_TILES, d.LAST_TILE, d.TILE)
+                    m.d.sync += [t_last.eq(new_size == 1), grp_last.eq(d.N_GROUPS == 1),
+                                 tile_last.eq(tile + 2 == d.N_TILES),
+                                 n_lanes.eq(lanes_from(0))]
                     m.d.sync += [group.eq(0), grp_off.eq(0), cbase.eq(0),
                                  gb.eq(0), pm.eq(pm_next), pm_snap.eq(pm_next),
                                  f0.eq(pm_next), fsnap.eq(pm_next),
                                  cur.eq(nxt), snap.eq(nxt), tile.eq(tile + 1),
-                                 tile_size.eq(Mux(tile + 2 == d.N_TILES, d.LAST_TILE,
-                                                  d.TILE))]
-                    with m.If(tile + 1 == d.N_TILES):
+                                 tile_size.eq(new_size)]
+                    with m.If(tile_last):
                         m.d.sync += [running.eq(0), self.done.eq(1)]
                 with m.Else():
+                    m.d.sync += [t_last.eq(tile_size == 1), grp_last.eq(group + 2 == d.N_GROUPS),
+                                 n_lanes.eq(lanes_from(cbase + L))]
                     m.d.sync += [group.eq(group + 1), grp_off.eq(grp_off + d.OUT_CGP),
                                  cbase.eq(cbase + L), cur.eq(snap),
                                  gb.eq(gb_step), pm.eq(pm_snap), f0.eq(g_next),
                                  fsnap.eq(g_next)]
             with m.Else():
-                m.d.sync += [t.eq(t + 1), cur.eq(nxt), pm.eq(pm_next), f0.eq(f0_next)]
+                m.d.sync += [t.eq(t + 1), cur.eq(nxt), pm.eq(pm_next), f0.eq(f0_next),
+                             t_last.eq(t + 2 == tile_size)]
 
         with m.If(self.layer_start):
+            first_size = Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)
             m.d.sync += [cur.eq(0), snap.eq(0), t.eq(0), tile.eq(0), group.eq(0),
                          grp_off.eq(0), cbase.eq(0), lidx.eq(0), f0.eq(0), fcur.eq(0),
                          fsnap.eq(0), gb.eq(0), pm.eq(0), pm_snap.eq(0),
-                         tile_size.eq(Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)),
-                         running.eq(1)]
+                         tile_size.eq(first_size), t_last.eq(first_size == 1),
+                         grp_last.eq(d.N_GROUPS == 1), tile_last.eq(d.N_TILES == 1),
+                         n_lanes.eq(lanes_from(0)), running.eq(1)]
             for p in (cur, snap):
                 m.d.sync += [p.iw.eq(d.OUT_BASE), p.lw.eq(d.OUT_BASE), p.wbase.eq(d.OUT_BASE)]
         return m
