@@ -40,16 +40,20 @@ def test_port_widths_come_from_config():
     gc.collect()
 
 
+def _every_operand(config):
+    """Every (value, sign, shift) of ``config`` with the golden result: ``(v, s, k, want)``."""
+    values = np.arange(config.basis_min, config.basis_max + 1)
+    v, s, k = (a.ravel() for a in np.meshgrid(values, [0, 1], np.arange(config.max_shift + 1)))
+    return list(zip(v.tolist(), s.tolist(), k.tolist(), shift_pow2(v, s, k).tolist()))
+
+
 @pytest.mark.parametrize("config", [NARROW, PRESETS["default"]], ids=["b6_e4", "default"])
 def test_core_exhaustive(config):
     dut = Pow2Shift(config)
-    values = np.arange(config.basis_min, config.basis_max + 1)
-    v, s, k = (a.ravel() for a in np.meshgrid(values, [0, 1], np.arange(config.max_shift + 1)))
-    expected = shift_pow2(v, s, k).tolist()
     mismatches = []
 
     async def bench(ctx):
-        for vi, si, ki, ei in zip(v.tolist(), s.tolist(), k.tolist(), expected):
+        for vi, si, ki, ei in _every_operand(config):
             ctx.set(dut.value, vi)
             ctx.set(dut.sign, si)
             ctx.set(dut.shift, ki)
@@ -150,13 +154,10 @@ def test_ones_term_plus_carry_is_exact(config):
     term, carry = ones_term(value, sign, shift, enable, config.max_shift)
     m.d.comb += [term_sig.eq(term), carry_sig.eq(carry)]
     assert len(term) == config.basis_bits + config.max_shift
-    values = np.arange(config.basis_min, config.basis_max + 1)
-    v, s, k = (a.ravel() for a in np.meshgrid(values, [0, 1], np.arange(config.max_shift + 1)))
-    expected = shift_pow2(v, s, k).tolist()
     bad = []
 
     async def bench(ctx):
-        for vi, si, ki, ei in zip(v.tolist(), s.tolist(), k.tolist(), expected):
+        for vi, si, ki, ei in _every_operand(config):
             ctx.set(value, vi)
             ctx.set(sign, si)
             ctx.set(shift, ki)
