@@ -5,21 +5,23 @@ are (``docs/format.md``)::
 
     w[l, i] = sum_j sum_t (-1)**sign[l, j, t] * (B[l, j, i] << shift[l, j, t])
 
-Every term is a `hw.shifter.ones_term` (the sign as a one's complement folded into a
-logarithmic shifter, the zero code gated once) and the ``S * terms`` terms of a weight
-plus their ``+1`` carries are summed by `hw.shifter.carry_sum`, whose adders absorb the
-carries.  There is no multiplier and no per-term negation.
+Every term is `hw.shifter.ones_term` built stage by stage (the sign as a one's
+complement folded into a logarithmic shifter, the zero code gated once) and the
+``S * terms`` terms of a weight plus their ``+1`` carries are summed by levels of
+`hw.shifter.carry_level`, whose adders absorb the carries.  There is no multiplier and no
+per-term negation; a register follows every mux and adder level.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed
+from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import SDConfig
 from hw.layouts import basis_word_layout, decoded_row_layout, row_tag_fields, weights_row_layout
-from hw.shifter import carry_sum, ones_term
+from hw.shifter import (carry_level, carry_levels, level_reach, ones_flip, shift_level,
+                        shift_levels)
 
 __all__ = ["BasisArray", "adder_tree"]
 
@@ -67,12 +69,14 @@ class BasisArray(wiring.Component):
 
     Notes
     -----
-    Latency `LATENCY` = 3 cycles: a row transferred on ``rows`` in cycle ``n`` is
-    presented on ``weights`` from cycle ``n + 3`` (stage 0 registers the row and, on
-    ``new_block``, copies shadow to current; stage 1 the shifted terms; stage 2 their
-    sums).  The shifters read only registers, so no bank select or handshake sits in
-    front of them (timing).  Throughput one row per cycle: the pipeline advances whenever
-    the output register is empty or being read (``rows.ready`` depends combinationally
+    Latency `latency` (config) cycles, 6 for the default preset: a row transferred on
+    ``rows`` in cycle ``n`` is presented on ``weights`` from cycle ``n + latency``.
+    Stage 0 registers the row and, on ``new_block``, copies shadow to current, so the
+    shifters read only registers (no bank select or handshake in front of them); then
+    one stage per shifter mux level (3 for ``max_shift`` 4 ... 7) and one per adder-tree
+    level (2 for ``S * terms == 3``), the last of which is the output register.
+    Throughput one row per cycle: all stages advance together whenever the output
+    register is empty or being read (``rows.ready`` depends combinationally
     on ``weights.ready`` and on ``rows.payload.new_block``; ``basis.ready`` on the row
     handshake).  A bank swap costs no bubble if the shadow bank was loaded in time: with
     one basis word per cycle that holds whenever every block has at least ``lanes``
@@ -80,13 +84,6 @@ class BasisArray(wiring.Component):
     takes the next block's first word from the cycle of the swap on.
     """
 
-    LATENCY = 3
-
-    @classmethod
-    def latency(cls, config: SDConfig) -> int:
-        """Cycles from a row's transfer on ``rows`` to its weights on ``weights`` (any
-        configuration: one shift stage and one adder-tree stage after the row register)."""
-        return cls.LATENCY
 
     def __init__(self, config: SDConfig):
         if not isinstance(config, SDConfig):
@@ -156,40 +153,99 @@ class BasisArray(wiring.Component):
         with m.If(advance):
             m.d.sync += [valid0.eq(take), row0.eq(row)]
 
-        # --- stage 1: one's-complement terms and their carries ---------------------
-        # A negative term is held as ~(b << k) and its +1 as a carry bit, shared by the
-        # S terms of the same coefficient (one per lane and term); stage 2 adds the carries
-        # inside its adder tree (`carry_sum`).  A term needs basis_bits + max_shift bits.
+        # --- shifter stages: one mux level each ---------------------------------------
+        # A negative term is formed as ~(b << k) (`ones_flip`, then ones shifted in) and
+        # its +1 kept as a carry bit per lane and term, which the adder stages absorb.
+        # One register after every mux level and every adder level: no stage is more
+        # than one LUT level or one carry chain deep, so the block is fast and Yosys/ABC
+        # maps the shifters for area (with the three mux levels in one stage it maps
+        # them for delay, at about 70 % more LUTs).  The enable gates the last level.
         tag_layout = data.StructLayout(row_tag_fields(cfg))
-        tag1 = Signal(tag_layout)
-        valid1 = Signal()
-        term_shape = signed(bb + cfg.max_shift)
-        terms1 = [[[Signal(term_shape, name=f"term_l{l}_i{i}_k{k}") for k in range(n_terms)]
-                   for i in range(S)] for l in range(L)]
-        carries1 = [[Signal(name=f"carry_l{l}_k{k}") for k in range(n_terms)]
-                    for l in range(L)]
-        with m.If(advance):
-            m.d.sync += valid1.eq(valid0)
-            m.d.sync += [getattr(tag1, f).eq(getattr(row0, f)) for f in tag_layout.members]
-            for l in range(L):
-                for k in range(n_terms):
-                    j = k // T
-                    for i in range(S):
-                        term, carry = ones_term(current[l][j][i], row0.sign[l][k],
-                                                row0.shift[l][k], row0.mask[l][k],
-                                                cfg.max_shift)
-                        m.d.sync += terms1[l][i][k].eq(term)
-                    m.d.sync += carries1[l][k].eq(carry)
+        code_layout = data.StructLayout({"shift": cfg.shift_code_bits, "enable": 1,
+                                         "carry": 1})
+        tag, valid = row0, valid0
+        codes = [[{"shift": row0.shift[l][k], "enable": row0.mask[l][k],
+                   "carry": row0.sign[l][k] & row0.mask[l][k]} for k in range(n_terms)]
+                 for l in range(L)]
+        vals = [[[ones_flip(current[l][k // T][i], codes[l][k]["carry"])
+                  for k in range(n_terms)] for i in range(S)] for l in range(L)]
+        levels = list(zip(shift_levels(cfg.max_shift), level_reach(cfg.max_shift)))
+        for n_level, (b, reach) in enumerate(levels or [(None, 0)]):
+            last = n_level == max(0, len(levels) - 1)
+            stage = f"s{n_level}"
+            nvals = [[[Signal(signed(bb + reach), name=f"{stage}_l{l}_i{i}_k{k}")
+                       for k in range(n_terms)] for i in range(S)] for l in range(L)]
+            ncodes = [[Signal(code_layout, name=f"{stage}_code_l{l}_k{k}")
+                       for k in range(n_terms)] for l in range(L)]
+            tag, valid = self._stage(m, advance, tag, valid, tag_layout, stage)
+            with m.If(advance):
+                for l in range(L):
+                    for k in range(n_terms):
+                        c = codes[l][k]
+                        m.d.sync += [ncodes[l][k].shift.eq(c["shift"]),
+                                     ncodes[l][k].enable.eq(c["enable"]),
+                                     ncodes[l][k].carry.eq(c["carry"])]
+                        for i in range(S):
+                            v = vals[l][i][k]
+                            if b is not None:
+                                v = shift_level(v, c["shift"][b], c["carry"], b, reach, bb)
+                            if last:
+                                v = Mux(c["enable"], v, 0)
+                            m.d.sync += nvals[l][i][k].eq(v)
+            vals = nvals
+            codes = [[{"shift": c.shift, "enable": c.enable, "carry": c.carry}
+                      for c in lane] for lane in ncodes]
 
-        # --- stage 2: sums (output register) -------------------------------------------
-        # The whole tree in one stage.  Splitting it (or the shifters) over more stages
-        # was measured: the block alone then synthesizes with ~70 % more LUTs, because
-        # ABC maps the shifters for delay once they hold the critical path.
-        out = self.weights.payload
-        with m.If(advance):
-            m.d.sync += self.weights.valid.eq(valid1)
-            m.d.sync += [getattr(out, f).eq(getattr(tag1, f)) for f in tag_layout.members]
+        # --- adder stages: one tree level each, the carries absorbed -------------------
+        items = vals                                    # [l][i] -> list of values
+        carries = [[c["carry"] for c in lane] for lane in codes]   # [l] -> shared by i
+        n_level = 0
+        while len(items[0][0]) > 1 or carries[0]:
+            stage = f"a{n_level}"
+            tag, valid = self._stage(m, advance, tag, valid, tag_layout, stage)
+            nitems, ncarries = [], []
             for l in range(L):
+                lane_items = []
                 for i in range(S):
-                    m.d.sync += out.weights[l][i].eq(carry_sum(terms1[l][i], carries1[l]))
+                    if len(items[l][i]) > 1:
+                        nxt, left = carry_level(items[l][i], carries[l])
+                    else:           # leftover carries (a power-of-two tree): increments
+                        nxt, left = [sum(carries[l], items[l][i][0])], []
+                    regs = [Signal(signed(len(v)), name=f"{stage}_l{l}_i{i}_{n}")
+                            for n, v in enumerate(nxt)]
+                    with m.If(advance):
+                        m.d.sync += [r.eq(v) for r, v in zip(regs, nxt)]
+                    lane_items.append(regs)
+                cregs = [Signal(name=f"{stage}_carry_l{l}_{n}") for n in range(len(left))]
+                with m.If(advance):
+                    m.d.sync += [r.eq(c) for r, c in zip(cregs, left)]
+                nitems.append(lane_items)
+                ncarries.append(cregs)
+            items, carries = nitems, ncarries
+            n_level += 1
+
+        # --- output: the last adder stage's registers (held while `advance` is low) ----
+        out = self.weights.payload
+        m.d.comb += self.weights.valid.eq(valid)
+        m.d.comb += [getattr(out, f).eq(getattr(tag, f)) for f in tag_layout.members]
+        for l in range(L):
+            for i in range(S):
+                m.d.comb += out.weights[l][i].eq(items[l][i][0])
         return m
+
+    @staticmethod
+    def _stage(m, advance, tag, valid, tag_layout, name):
+        """Registers carrying the row's tag and valid bit through one pipeline stage."""
+        ntag = Signal(tag_layout, name=f"{name}_tag")
+        nvalid = Signal(name=f"{name}_valid")
+        with m.If(advance):
+            m.d.sync += nvalid.eq(valid)
+            m.d.sync += [getattr(ntag, f).eq(getattr(tag, f)) for f in tag_layout.members]
+        return ntag, nvalid
+
+    @classmethod
+    def latency(cls, config: SDConfig) -> int:
+        """Cycles from a row's transfer on ``rows`` to its weights on ``weights``."""
+        n_terms = config.basis_size * config.terms
+        return (1 + max(1, len(shift_levels(config.max_shift)))
+                + carry_levels(n_terms, n_terms))
