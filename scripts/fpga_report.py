@@ -199,8 +199,12 @@ def _run_tasks(tasks: dict, jobs: int, desc: str) -> dict:
             done[key] = fn(*fargs)
             bar.update(1)
     else:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # spawn, not fork: a forked worker inherits locks that the parent's threads
+        # (tqdm's monitor) may hold at that moment, and then hangs on its first log line
+        with ProcessPoolExecutor(max_workers=jobs,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(fn, *fargs): key for key, (fn, *fargs) in tasks.items()}
             for fut in as_completed(futures):
                 done[futures[fut]] = fut.result()

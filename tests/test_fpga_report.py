@@ -152,9 +152,16 @@ def _fake_flow(design, dev, workdir, **kwargs):
             "workdir": str(workdir)}
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_command_runs_the_plan_in_parallel_and_keeps_its_order(tmp_path, monkeypatch, jobs):
-    """--jobs N: runs go to worker processes, reports come back in plan order."""
+def test_tasks_run_in_worker_processes_and_come_back_by_key():
+    from scripts.fpga_report import _run_tasks
+    tasks = {("a",): (pow, 2, 10), ("b",): (pow, 3, 2), ("c",): (divmod, 7, 2)}
+    assert _run_tasks(tasks, 2, "test") == {("a",): 1024, ("b",): 9, ("c",): (3, 1)}
+    assert _run_tasks(tasks, 1, "test") == {("a",): 1024, ("b",): 9, ("c",): (3, 1)}
+
+
+def test_command_runs_the_plan_and_keeps_its_order(tmp_path, monkeypatch):
+    """The plan's runs come back in plan order (tools stubbed; --jobs 1 keeps the stubs)."""
+    jobs = 1
     import types
 
     import fpga.flow
