@@ -47,25 +47,34 @@ def _every_operand(config):
     return list(zip(v.tolist(), s.tolist(), k.tolist(), shift_pow2(v, s, k).tolist()))
 
 
-@pytest.mark.parametrize("config", [NARROW, PRESETS["default"]], ids=["b6_e4", "default"])
-def test_core_exhaustive(config):
-    dut = Pow2Shift(config)
-    mismatches = []
+def _drive_every_operand(module, config, value, sign, shift, enable, read) -> list:
+    """Simulate ``module`` on every operand (enabled, then disabled: 0 expected) and
+    return the mismatches ``(value, sign, shift, enable, expected, got)``; ``read(ctx)``
+    gives the result under test."""
+    bad = []
 
     async def bench(ctx):
         for vi, si, ki, ei in _every_operand(config):
-            ctx.set(dut.value, vi)
-            ctx.set(dut.sign, si)
-            ctx.set(dut.shift, ki)
-            for enable, want in ((1, ei), (0, 0)):
-                ctx.set(dut.enable, enable)
-                got = ctx.get(dut.result)
+            ctx.set(value, vi)
+            ctx.set(sign, si)
+            ctx.set(shift, ki)
+            for en, want in ((1, ei), (0, 0)):
+                ctx.set(enable, en)
+                got = read(ctx)
                 if got != want:
-                    mismatches.append((vi, si, ki, enable, want, got))
+                    bad.append((vi, si, ki, en, want, got))
 
-    sim = Simulator(dut)
+    sim = Simulator(module)
     sim.add_testbench(bench)
     sim.run()
+    return bad
+
+
+@pytest.mark.parametrize("config", [NARROW, PRESETS["default"]], ids=["b6_e4", "default"])
+def test_core_exhaustive(config):
+    dut = Pow2Shift(config)
+    mismatches = _drive_every_operand(dut, config, dut.value, dut.sign, dut.shift, dut.enable,
+                                      lambda ctx: ctx.get(dut.result))
     assert not mismatches, f"(value, sign, shift, enable, expected, got): {mismatches[:5]}"
 
 
@@ -154,20 +163,6 @@ def test_ones_term_plus_carry_is_exact(config):
     term, carry = ones_term(value, sign, shift, enable, config.max_shift)
     m.d.comb += [term_sig.eq(term), carry_sig.eq(carry)]
     assert len(term) == config.basis_bits + config.max_shift
-    bad = []
-
-    async def bench(ctx):
-        for vi, si, ki, ei in _every_operand(config):
-            ctx.set(value, vi)
-            ctx.set(sign, si)
-            ctx.set(shift, ki)
-            for en, want in ((1, ei), (0, 0)):
-                ctx.set(enable, en)
-                got = ctx.get(term_sig) + ctx.get(carry_sig)
-                if got != want:
-                    bad.append((vi, si, ki, en, want, got))
-
-    sim = Simulator(m)
-    sim.add_testbench(bench)
-    sim.run()
+    bad = _drive_every_operand(m, config, value, sign, shift, enable,
+                               lambda ctx: ctx.get(term_sig) + ctx.get(carry_sig))
     assert not bad, f"(value, sign, shift, enable, expected, term + carry): {bad[:5]}"
