@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 import threading
 import time
@@ -93,6 +94,16 @@ _TIMING_MAKE_VARS = ("CFG_CXXFLAGS_STD=-std=gnu++20", "CFG_CXXFLAGS_COROUTINES=-
 HALF_PERIOD_NS = 5
 
 
+def _core_ports(core) -> list[tuple[str, str, int]]:
+    """``(name, "input"/"output", width)`` of the core's ports, ``rst`` first."""
+    from amaranth.hdl import Shape
+    ports = [("rst", "input", 1)]
+    for pname, member in core.signature.members.items():
+        width = Shape.cast(member.shape).width
+        ports.append((pname, "input" if member.flow.name == "In" else "output", width))
+    return ports
+
+
 def _sim_wrapper(core, core_name: str, name: str) -> str:
     """A simulation top with a free-running clock for the accelerator's autonomous runs.
 
@@ -102,16 +113,28 @@ def _sim_wrapper(core, core_name: str, name: str) -> str:
     model, so a whole network runs with no call into the simulator interface per cycle;
     the host driver raises ``free_run`` only while it waits for ``irq`` with every bus
     idle and the testbench clock stopped (`tb.accel_driver.AccelDriver.wait_done`).
+
+    Every other input reaches the core through a register loaded on the falling edge of
+    ``clk``.  Verilator re-evaluates all logic that depends combinationally on a top-level
+    input on *every* call of ``eval`` (its "input combo" region), and through ``rst`` and
+    the bus inputs that is most of the next-state logic Amaranth emits — evaluated twice
+    per cycle, twice as costly as the clocked logic itself.  Behind the register that logic
+    runs only when the register changes.  The testbench writes inputs just after a rising
+    edge and samples just before the next one, so the core sees the same values on the
+    same rising edges as with direct inputs.
     """
-    from amaranth.hdl import Shape
-    ports = [("rst", "input", 1)]
-    for pname, member in core.signature.members.items():
-        width = Shape.cast(member.shape).width
-        ports.append((pname, "input" if member.flow.name == "In" else "output", width))
-    decl = "\n".join(f"  {d} {'[%d:0] ' % (w - 1) if w > 1 else ''}{p};" for p, d, w in ports)
-    conns = ",\n".join(f"    .{p}({p})" for p, _, _ in ports)
+    ports = _core_ports(core)
+    def vec(w):
+        return f"[{w - 1}:0] " if w > 1 else ""
+    decl = "\n".join(f"  {d} {vec(w)}{p};" for p, d, w in ports)
+    inputs = [(p, w) for p, d, w in ports if d == "input"]
+    regs = "\n".join(f"  reg {vec(w)}{p}_q = {w}'d0;" for p, w in inputs)
+    loads = "\n".join(f"    {p}_q <= {p};" for p, _ in inputs)
+    conns = ",\n".join(f"    .{p}({p}_q)" if d == "input" else f"    .{p}({p})"
+                        for p, d, _ in ports)
     names = ", ".join(["clk", "free_run"] + [p for p, _, _ in ports])
     return (f"module {name}({names});\n  input clk;\n  input free_run;\n{decl}\n"
+            f"{regs}\n  always @(negedge clk) begin\n{loads}\n  end\n"
             f"  reg fclk = 1'b0;\n"
             f"  always #{HALF_PERIOD_NS} fclk = free_run ? ~fclk : 1'b0;\n"
             f"  wire core_clk = free_run ? fclk : clk;\n"
@@ -148,17 +171,33 @@ def accelerator_factory(kind: str = "sd", **kwargs):
     return factory
 
 
-def _public_ports_file(top: str) -> Path:
-    """A Verilator control file making only the top module's signals visible to cocotb.
+def _wrapper_ports(text: str, top: str) -> list[tuple[str, str, int]]:
+    """``(name, direction, width)`` of the ports `_sim_wrapper` declared for ``top``."""
+    body = text[text.index(f"module {top}("):]
+    body = body[:body.index("endmodule")]
+    return [(m["name"], m["dir"], int(m["msb"] or 0) + 1) for m in re.finditer(
+        r"^  (?P<dir>input|output) (?:\[(?P<msb>\d+):0\] )?(?P<name>\w+);$", body, re.M)]
+
+
+def _public_ports_file(top: str, ports: list[tuple[str, str, int]]) -> Path:
+    """A Verilator control file making only the top module's ports visible to cocotb.
 
     cocotb's runner builds with ``--public-flat-rw`` (every signal public), which for a
     design of this size makes the model slow to compile and several times slower to run;
-    the tests only touch the top-level AXI ports.
+    the tests only touch the top-level ports.  Outputs are public read-only: Verilator
+    must assume that a writable public signal can change between any two evaluations,
+    so every piece of logic reading one lands in its "input combo" region, evaluated on
+    every ``eval`` call (with the outputs writable, that region is about 1 100 lines of
+    C++ instead of about 20).
     """
     from tb.harness import SIM_ROOT
     SIM_ROOT.mkdir(parents=True, exist_ok=True)
     path = SIM_ROOT / f"{top}.public.vlt"
-    text = f'`verilator_config\npublic_flat_rw -module "{top}" -var "*"\n'
+    lines = ["`verilator_config"]
+    for pname, direction, _ in ports:
+        mode = "public_flat_rw" if direction == "input" else "public_flat_rd"
+        lines.append(f'{mode} -module "{top}" -var "{pname}"')
+    text = "\n".join(lines) + "\n"
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
     return path
@@ -191,11 +230,12 @@ def run_accelerator(config: SDConfig, kind: str = "sd", *, test_module: str, tes
     cycle, so trace a few inputs.
     """
     from tb.harness import run_cocotb
-    top = f"{kind}_accel_sim"
-    return run_cocotb(accelerator_factory(kind, self_clocked=True, **design_kwargs), config,
+    text, top = accelerator_verilog(config, kind, self_clocked=True, **design_kwargs)
+    ports = _wrapper_ports(text, top)
+    return run_cocotb(lambda _config: text, config,
                       test_module=test_module, toplevel=top, name=name or f"{kind}_accel",
                       testcase=testcase, extra_env=extra_env, timeout_s=timeout_s,
-                      waves=waves, verilog_sources=[_public_ports_file(top)],
+                      waves=waves, verilog_sources=[_public_ports_file(top, ports)],
                       build_args=["--no-public-flat-rw", "--timing", "--timescale", "1ns/1ps"],
                       make_vars=_TIMING_MAKE_VARS)
 

@@ -15,8 +15,6 @@ caller does, so that a run reports every mismatch instead of stopping at the fir
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import time
 from pathlib import Path
 
@@ -25,16 +23,13 @@ import numpy as np
 from cocotb.triggers import RisingEdge
 
 from hw.config import SDConfig
+from tb.common import load_pickled_env
 
 JOB_ENV = "SMARTDEAL_JOB"
 
 
 def _job() -> dict:
-    path = os.environ.get(JOB_ENV)
-    if not path:
-        raise RuntimeError(f"{JOB_ENV} is not set; run through golden.rtl_runner")
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
+    return load_pickled_env(JOB_ENV, "golden.rtl_runner")
 
 
 async def _setup(dut, job):

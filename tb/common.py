@@ -29,6 +29,8 @@ one: a block of latency ``L`` shows ``sink cycle - driver cycle == L``.
 from __future__ import annotations
 
 import itertools
+import os
+import pickle
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,7 +45,7 @@ from cocotb.utils import get_sim_time
 
 from tb.harness import CONFIG_ENV, config_from_env
 
-__all__ = ["pack", "unpack", "random_stalls", "ClockReset", "StreamDriver", "StreamMonitor",
+__all__ = ["pack", "unpack", "random_stalls", "load_pickled_env", "ClockReset", "StreamDriver", "StreamMonitor",
            "StreamSink", "Scoreboard", "config_from_env", "CONFIG_ENV"]
 
 
@@ -124,6 +126,20 @@ def random_stalls(probability: float, seed: int = 0) -> Iterator[bool]:
         return itertools.repeat(False)
     rng = random.Random(seed)
     return (rng.random() < probability for _ in itertools.count())
+
+
+def load_pickled_env(variable: str, runner: str):
+    """The object pickled at the path the environment ``variable`` names.
+
+    The pytest side of a cocotb test hands large inputs (prepared networks, expected
+    outputs) to the simulator process this way; ``runner`` says what sets ``variable``,
+    for the error when it is missing.
+    """
+    path = os.environ.get(variable)
+    if not path:
+        raise RuntimeError(f"{variable} is not set; run through {runner}")
+    with open(path, "rb") as fh:
+        return pickle.load(fh)
 
 
 # ------------------------------------------------------------------- clock and reset

@@ -24,17 +24,14 @@ import pytest
 from cocotb.triggers import RisingEdge, Timer
 
 from hw.config import SDConfig
+from tb.common import load_pickled_env
 
 CASE_ENV = "SMARTDEAL_CASE"
 
 
 # =========================================================================== cocotb side
 def _load_case() -> dict:
-    path = os.environ.get(CASE_ENV)
-    if not path:
-        raise RuntimeError(f"{CASE_ENV} is not set; run through pytest")
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
+    return load_pickled_env(CASE_ENV, "pytest")
 
 
 def _save_result(case: dict, key: str, value) -> None:
