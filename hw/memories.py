@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth import ClockSignal, Instance, Module, Signal, unsigned
-from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth import ClockSignal, Instance, Module, Mux, Signal, unsigned
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["SyncRAM", "ReadStreamer", "SD_RAM_VERILOG", "addr_bits", "collect_verilog_sources"]
@@ -190,9 +190,16 @@ class ReadStreamer(wiring.Component):
 
     Sits between a producer of addresses and a `SyncRAM` read port.  A request carries an
     address and a ``tag`` that comes back with its word (a ``last`` flag, a lane index).
-    A read is issued only when the two-entry output buffer is sure to have room for it,
+    A read is issued only when the three-entry output buffer is sure to have room for it,
     so back-pressure on ``resp`` never loses a word and a free-flowing ``resp`` gets one
     word per cycle.
+
+    ``resp.valid`` and ``resp.payload`` come straight from flip-flops (the head register
+    of the buffer), so consumers never decode a RAM output or a LUT-RAM read; and
+    ``req.ready`` depends on registers only (not on ``resp.ready``), so no combinational
+    path runs from the consumer back into the address producer.  The third entry is
+    what lets the issue decision ignore this cycle's pop and still stream one word per
+    cycle.
 
     Parameters
     ----------
@@ -215,6 +222,9 @@ class ReadStreamer(wiring.Component):
     Latency: a request accepted in cycle ``n`` is on ``resp`` from cycle ``n + 2``.
     """
 
+    #: Words the buffer holds (head register + two queued words).
+    DEPTH = 3
+
     def __init__(self, addr_width: int, data_width: int, tag_shape=unsigned(1)):
         self._tag_shape = tag_shape
         self._data_width = data_width
@@ -230,14 +240,21 @@ class ReadStreamer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         layout = data.StructLayout({"data": self._data_width, "tag": self._tag_shape})
-        m.submodules.buf = buf = fifo.SyncFIFO(width=layout.size, depth=2)
-        inflight = Signal()
+        inflight = Signal()                 # a read issued last cycle: its word is on r_data
         tag_d = Signal(self._tag_shape)
-        pop = Signal()
-        m.d.comb += pop.eq(self.resp.valid & self.resp.ready)
-        # Room for one more word once the in-flight read and this cycle's pop are counted.
+        # Buffer in arrival order: head (= resp) first, then q0, q1.
+        head_v = self.resp.valid
+        head = self.resp.payload
+        q0_v, q1_v = Signal(), Signal()
+        q0, q1 = Signal(layout), Signal(layout)
+        incoming = Signal(layout)
+        m.d.comb += [incoming.data.eq(self.r_data), incoming.tag.eq(tag_d)]
+
+        # Issue only while every word already stored or in flight, plus this one, fits:
+        # a function of registers alone (this cycle's pop is not counted).
         room = Signal()
-        m.d.comb += room.eq(buf.level + inflight - pop < 2)
+        m.d.comb += room.eq(head_v + q0_v + q1_v + inflight
+                            < self.DEPTH)
         issue = Signal()
         m.d.comb += [
             self.req.ready.eq(room),
@@ -246,15 +263,22 @@ class ReadStreamer(wiring.Component):
             self.r_en.eq(issue),
             self.count.eq(issue),
         ]
-        m.d.sync += [inflight.eq(issue)]
+        m.d.sync += inflight.eq(issue)
         with m.If(issue):
             m.d.sync += tag_d.eq(self.req.payload.tag)
-        word = Signal(layout)
-        m.d.comb += [
-            word.data.eq(self.r_data), word.tag.eq(tag_d),
-            buf.w_data.eq(word), buf.w_en.eq(inflight),
-            self.resp.valid.eq(buf.r_rdy),
-            self.resp.payload.eq(buf.r_data),
-            buf.r_en.eq(self.resp.ready),
-        ]
+
+        # The head takes the oldest word whenever it is empty or being read.  q1 only
+        # ever holds the incoming word (with q1 full nothing is in flight), q0 the
+        # incoming one or q1's.
+        load = Signal()
+        m.d.comb += load.eq(~head_v | self.resp.ready)
+        with m.If(load):
+            m.d.sync += [head.eq(Mux(q0_v, q0, incoming)), head_v.eq(q0_v | inflight),
+                         q0_v.eq(q0_v & (q1_v | inflight)), q1_v.eq(0)]
+        with m.Else():
+            m.d.sync += [q0_v.eq(q0_v | inflight), q1_v.eq(q1_v | (q0_v & inflight))]
+        with m.If(~q0_v | load):
+            m.d.sync += q0.eq(Mux(q0_v & q1_v, q1, incoming))
+        with m.If(inflight):
+            m.d.sync += q1.eq(incoming)
         return m
