@@ -98,11 +98,15 @@ class ResultWriter(wiring.Component):
         pos = data.StructLayout({
             "b": unsigned(g.dim), "oy": unsigned(g.dim), "ox": unsigned(g.dim),
             "oxm": unsigned(g.s_bits),
+            # ox / oy is the line's / item's last (ox + 1 >= OUT_W, oy + 1 >= OUT_H), kept
+            # as flags so no compare sits between the counters and their next values
+            "oxl": unsigned(1), "oyl": unsigned(1),
             # bank-word addresses kept as running sums, so a write adds one term:
             # item OUT_BASE + b*OUT_PITCH, its line + oy*OUT_WQ, the word + ox // S
             "iw": unsigned(a + g.dim), "lw": unsigned(a + g.dim), "wbase": unsigned(a + g.dim),
         })
-        cur, snap, nxt = Signal(pos), Signal(pos), Signal(pos)
+        cur, snap, nxt = Signal(pos, name="cur"), Signal(pos, name="snap"), Signal(pos, name="nxt")
+        w1, h1 = Signal(name="w1"), Signal(name="h1")   # OUT_W <= 1, OUT_H <= 1 (set at layer start)
         t = Signal(range(cfg.acc_depth + 1))
         tile = Signal(g.dim)
         tile_size = Signal(g.tile)
@@ -114,7 +118,7 @@ class ResultWriter(wiring.Component):
         # scatter element counters as digits (see the module notes):
         ml = mixed_layout(g.dim + 1, cfg.lane_bits, g.s_bits)
         f0 = Signal(ml)       # element of lane 0 at the current position: gb + pm
-        fcur = Signal(ml)     # element of lane lidx (lidx > 0)
+        fcur = Signal(ml)     # element of lane lidx (f0 while lidx == 0)
         fsnap = Signal(ml)    # f0 at the tile's first position: gb + pm_snap
         gb = Signal(ml)       # group * lanes * OUT_HW
         pm = Signal(ml)       # position inside the item (PyTorch flatten order)
@@ -125,23 +129,23 @@ class ResultWriter(wiring.Component):
 
         # ---- next position ---------------------------------------------------------------
         m.d.comb += nxt.eq(cur)
-        with m.If(cur.ox + 1 < d.OUT_W):
-            m.d.comb += nxt.ox.eq(cur.ox + 1)
+        with m.If(~cur.oxl):
+            m.d.comb += [nxt.ox.eq(cur.ox + 1), nxt.oxl.eq(cur.ox + 2 >= d.OUT_W)]
             with m.If(cur.oxm == S - 1):
                 m.d.comb += [nxt.oxm.eq(0), nxt.wbase.eq(cur.wbase + 1)]
             with m.Else():
                 m.d.comb += nxt.oxm.eq(cur.oxm + 1)
         with m.Else():
-            m.d.comb += [nxt.ox.eq(0), nxt.oxm.eq(0)]
-            with m.If(cur.oy + 1 < d.OUT_H):
-                m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.lw.eq(cur.lw + d.OUT_WQ),
-                             nxt.wbase.eq(cur.lw + d.OUT_WQ)]
+            m.d.comb += [nxt.ox.eq(0), nxt.oxm.eq(0), nxt.oxl.eq(w1)]
+            with m.If(~cur.oyl):
+                m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.oyl.eq(cur.oy + 2 >= d.OUT_H),
+                             nxt.lw.eq(cur.lw + d.OUT_WQ), nxt.wbase.eq(cur.lw + d.OUT_WQ)]
             with m.Else():
-                m.d.comb += [nxt.oy.eq(0), nxt.b.eq(cur.b + 1),
+                m.d.comb += [nxt.oy.eq(0), nxt.oyl.eq(h1), nxt.b.eq(cur.b + 1),
                              nxt.iw.eq(cur.iw + d.OUT_PITCH), nxt.lw.eq(cur.iw + d.OUT_PITCH),
                              nxt.wbase.eq(cur.iw + d.OUT_PITCH)]
         img_wrap = Signal()       # the next position starts a new batch item
-        m.d.comb += img_wrap.eq((cur.ox + 1 >= d.OUT_W) & (cur.oy + 1 >= d.OUT_H))
+        m.d.comb += img_wrap.eq(cur.oxl & cur.oyl)
 
         def digits(sig, q, l, s_):
             return [sig.q.eq(q), sig.l.eq(l), sig.s.eq(s_)]
@@ -162,8 +166,13 @@ class ResultWriter(wiring.Component):
         # Registered end-of-count flags keep the compares off the path from the FIFO head
         # to the counters' enables: t is the tile's final position, group the final
         # group, tile the final tile; n_lanes is the channels of the current group.
-        t_last, grp_last, tile_last = Signal(), Signal(), Signal()
+        t_last, grp_last, tile_last = (Signal(name=n) for n in ("t_last", "grp_last", "tile_last"))
         n_lanes = Signal(range(L + 1))
+        # ... and the compares behind their next values, one step ahead: the next tile is
+        # the final one, the current tile has one position, lane lidx is the group's last;
+        # tile1 / last1 / nl1: TILE == 1, LAST_TILE == 1, the first group has one channel
+        tile_nlast, ts1, lane_last, tile1, last1, nl1 = (
+            Signal(name=n) for n in ("tile_nlast", "ts1", "lane_last", "tile1", "last1", "nl1"))
 
         def lanes_from(c):
             left = d.COUT - c
@@ -171,15 +180,14 @@ class ResultWriter(wiring.Component):
         have = Signal()
         m.d.comb += have.eq(buf.r_rdy & running)
         finish = Signal()                     # the result at the FIFO head is complete
-        m.d.comb += finish.eq(have & (~scatter | (lidx + 1 >= n_lanes)))
+        m.d.comb += finish.eq(have & (~scatter | lane_last))
         m.d.comb += [buf.r_en.eq(finish), self.writes.eq(have)]
 
         # feature map
         fm_addr = Signal(a + g.dim + 2)
         m.d.comb += fm_addr.eq(cur.wbase + grp_off)
         # scatter: element f of the flattened output
-        f = Signal(ml)
-        m.d.comb += f.eq(Mux(lidx == 0, f0, fcur))
+        f = fcur
         bank, lane = f.s, f.l
         sc_addr = Signal(a + g.dim + 2)
         m.d.comb += sc_addr.eq(cur.iw + f.q)
@@ -199,7 +207,7 @@ class ResultWriter(wiring.Component):
             with m.If(finish):
                 m.d.sync += lidx.eq(0)
             with m.Else():
-                m.d.sync += [lidx.eq(lidx + 1),
+                m.d.sync += [lidx.eq(lidx + 1), lane_last.eq(lidx + 2 >= n_lanes),
                              *digits(fcur, *mixed_add(f, d.HW_Q, d.HW_L, d.HW_S, L, S))]
 
         # ---- counters after a finished result ------------------------------------------------
@@ -207,29 +215,33 @@ class ResultWriter(wiring.Component):
         with m.If(finish):
             with m.If(res.addr != t):
                 m.d.sync += self.error.eq(1)
+            m.d.sync += lane_last.eq(n_lanes <= 1)
             with m.If(t_last):
                 m.d.sync += t.eq(0)
                 with m.If(grp_last):
-                    new_size = Mux(tile + 2 == d.N_TILES, d.LAST_TILE, d.TILE)
-                    m.d.sync += [t_last.eq(new_size == 1), grp_last.eq(d.N_GROUPS == 1),
-                                 tile_last.eq(tile + 2 == d.N_TILES),
-                                 n_lanes.eq(lanes_from(0))]
+                    new_size = Mux(tile_nlast, d.LAST_TILE, d.TILE)
+                    new_1 = Mux(tile_nlast, last1, tile1)
+                    m.d.sync += [t_last.eq(new_1), ts1.eq(new_1), grp_last.eq(d.N_GROUPS == 1),
+                                 tile_last.eq(tile_nlast), tile_nlast.eq(tile + 3 == d.N_TILES),
+                                 n_lanes.eq(lanes_from(0)), lane_last.eq(nl1)]
                     m.d.sync += [group.eq(0), grp_off.eq(0), cbase.eq(0),
                                  gb.eq(0), pm.eq(pm_next), pm_snap.eq(pm_next),
-                                 f0.eq(pm_next), fsnap.eq(pm_next),
+                                 f0.eq(pm_next), fcur.eq(pm_next), fsnap.eq(pm_next),
                                  cur.eq(nxt), snap.eq(nxt), tile.eq(tile + 1),
                                  tile_size.eq(new_size)]
                     with m.If(tile_last):
                         m.d.sync += [running.eq(0), self.done.eq(1)]
                 with m.Else():
-                    m.d.sync += [t_last.eq(tile_size == 1), grp_last.eq(group + 2 == d.N_GROUPS),
-                                 n_lanes.eq(lanes_from(cbase + L))]
+                    m.d.sync += [t_last.eq(ts1), grp_last.eq(group + 2 == d.N_GROUPS),
+                                 n_lanes.eq(lanes_from(cbase + L)),
+                                 lane_last.eq(lanes_from(cbase + L) <= 1)]
                     m.d.sync += [group.eq(group + 1), grp_off.eq(grp_off + d.OUT_CGP),
                                  cbase.eq(cbase + L), cur.eq(snap),
                                  gb.eq(gb_step), pm.eq(pm_snap), f0.eq(g_next),
-                                 fsnap.eq(g_next)]
+                                 fcur.eq(g_next), fsnap.eq(g_next)]
             with m.Else():
                 m.d.sync += [t.eq(t + 1), cur.eq(nxt), pm.eq(pm_next), f0.eq(f0_next),
+                             fcur.eq(f0_next),
                              t_last.eq(t + 2 == tile_size)]
 
         with m.If(self.layer_start):
@@ -238,8 +250,13 @@ class ResultWriter(wiring.Component):
                          grp_off.eq(0), cbase.eq(0), lidx.eq(0), f0.eq(0), fcur.eq(0),
                          fsnap.eq(0), gb.eq(0), pm.eq(0), pm_snap.eq(0),
                          tile_size.eq(first_size), t_last.eq(first_size == 1),
+                         ts1.eq(first_size == 1), tile1.eq(d.TILE == 1),
+                         last1.eq(d.LAST_TILE == 1), tile_nlast.eq(d.N_TILES == 2),
                          grp_last.eq(d.N_GROUPS == 1), tile_last.eq(d.N_TILES == 1),
-                         n_lanes.eq(lanes_from(0)), running.eq(1)]
+                         n_lanes.eq(lanes_from(0)), nl1.eq(lanes_from(0) <= 1),
+                         lane_last.eq(lanes_from(0) <= 1), running.eq(1),
+                         w1.eq(d.OUT_W <= 1), h1.eq(d.OUT_H <= 1)]
             for p in (cur, snap):
-                m.d.sync += [p.iw.eq(d.OUT_BASE), p.lw.eq(d.OUT_BASE), p.wbase.eq(d.OUT_BASE)]
+                m.d.sync += [p.iw.eq(d.OUT_BASE), p.lw.eq(d.OUT_BASE), p.wbase.eq(d.OUT_BASE),
+                             p.oxl.eq(d.OUT_W <= 1), p.oyl.eq(d.OUT_H <= 1)]
         return m
