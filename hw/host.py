@@ -213,12 +213,22 @@ class HostInterface(wiring.Component):
                      self.irq.eq(self.done | self.error)]
 
         # ---- writes: address and data together, one at a time ---------------------------
+        # The response leaves two cycles after the handshake (``wr_ack`` in between):
+        # the CTRL pulses are registered (they fan out into the controller, so they start
+        # at a flip-flop), and DONE/ERROR (and irq) must be clear when the response
+        # reaches the host.
         do_write = Signal()
+        wr_ack = Signal()
         m.d.comb += [
-            do_write.eq(self.s_axil_awvalid & self.s_axil_wvalid & ~self.s_axil_bvalid),
+            do_write.eq(self.s_axil_awvalid & self.s_axil_wvalid & ~self.s_axil_bvalid
+                        & ~wr_ack),
             self.s_axil_awready.eq(do_write), self.s_axil_wready.eq(do_write),
             self.s_axil_bresp.eq(0),
         ]
+        m.d.sync += [wr_ack.eq(do_write), self.start.eq(0), self.abort.eq(0),
+                     self.clear_counters.eq(0), self._clear_stream_err.eq(0)]
+        with m.If(wr_ack):
+            m.d.sync += self.s_axil_bvalid.eq(1)
         with m.If(self.s_axil_bvalid & self.s_axil_bready):
             m.d.sync += self.s_axil_bvalid.eq(0)
         waddr = self.s_axil_awaddr
@@ -227,15 +237,14 @@ class HostInterface(wiring.Component):
         m.d.comb += word_index.eq(waddr[2:])
         m.d.comb += [self.desc_w_addr.eq(waddr[2:]), self.desc_w_data.eq(wdata)]
         with m.If(do_write):
-            m.d.sync += self.s_axil_bvalid.eq(1)
             with m.If(waddr >= DESC_BASE):
                 m.d.comb += self.desc_w_en.eq(
                     (waddr - DESC_BASE) < self.max_layers * DESC_SLOT_WORDS * 4)
                 m.d.comb += self.desc_w_addr.eq((waddr - DESC_BASE)[2:])
             with m.Elif(waddr[:8] == Reg.CTRL):
-                # Pulses in the handshake cycle: DONE/ERROR (and irq) are already clear
-                # when the write response reaches the host.
-                m.d.comb += [self.start.eq(wdata[0]), self.abort.eq(wdata[1]),
+                # pulses in the cycle after the handshake (the controller clears
+                # DONE/ERROR then, before the response leaves)
+                m.d.sync += [self.start.eq(wdata[0]), self.abort.eq(wdata[1]),
                              self.clear_counters.eq(wdata[2]),
                              self._clear_stream_err.eq(wdata[3])]
             with m.Elif(waddr[:8] == Reg.N_LAYERS):
@@ -243,11 +252,15 @@ class HostInterface(wiring.Component):
             with m.Elif(waddr[:8] == Reg.WATCHDOG):
                 m.d.sync += watchdog.eq(wdata)
 
-        # ---- reads: one cycle to latch the address (and read the descriptor RAM) ------
+        # ---- reads: one cycle to latch the address (and read the descriptor RAM), one to
+        # decode it and pick the word of each source (``rd_pending``), one to choose the
+        # source (``rd_sel``): every stage starts at flip-flops ------------------------
         rd_addr = Signal(AXIL_ADDR_BITS)
         rd_pending = Signal()
+        rd_sel = Signal()
         take_ar = Signal()
-        m.d.comb += [take_ar.eq(self.s_axil_arvalid & ~rd_pending & ~self.s_axil_rvalid),
+        m.d.comb += [take_ar.eq(self.s_axil_arvalid & ~rd_pending & ~rd_sel
+                                & ~self.s_axil_rvalid),
                      self.s_axil_arready.eq(take_ar), self.s_axil_rresp.eq(0),
                      self.desc_r_addr.eq((self.s_axil_araddr - DESC_BASE)[2:]),
                      self.desc_r_en.eq(take_ar)]
@@ -255,7 +268,6 @@ class HostInterface(wiring.Component):
             m.d.sync += [rd_addr.eq(self.s_axil_araddr), rd_pending.eq(1)]
         with m.If(self.s_axil_rvalid & self.s_axil_rready):
             m.d.sync += self.s_axil_rvalid.eq(0)
-        value = Signal(32)
         status = Cat(self.busy, self.done, self.error, self._stream_err_flag(m),
                      Const(0, 4), self.error_code, self.error_layer, self.layer)
         regs = {
@@ -268,25 +280,37 @@ class HostInterface(wiring.Component):
             Reg.PARAMS1: Const(self.max_layers | DESC_SLOT_WORDS << 8 | len(FIELDS) << 16, 32),
             Reg.STREAM_ERR: self._stream_err_code,
         }
-        with m.If(rd_addr >= DESC_BASE):
-            m.d.comb += value.eq(self.desc_r_data)
-        with m.Elif((rd_addr >= LAYER_CYCLES_BASE)
-                    & (rd_addr < LAYER_CYCLES_BASE + 4 * self.max_layers)):
-            idx = (rd_addr - LAYER_CYCLES_BASE)[2:]
-            m.d.comb += value.eq(self.layer_cycles.as_value().word_select(
-                idx[:max(1, (self.max_layers - 1).bit_length())], 32))
-        with m.Elif((rd_addr >= Reg.COUNTERS) & (rd_addr < Reg.COUNTERS + 4 * self.n_counters)):
-            idx = (rd_addr - Reg.COUNTERS)[2:]
-            m.d.comb += value.eq(self.counters.as_value().word_select(
-                idx[:max(1, (self.n_counters - 1).bit_length())], 32))
-        with m.Else():
-            with m.Switch(rd_addr[:8]):
-                for reg, v in regs.items():
-                    with m.Case(int(reg)):
-                        m.d.comb += value.eq(v)
+        # stage 2: the source, and its word (the descriptor RAM holds its data: no
+        # read is taken until the response is accepted)
+        is_desc, is_lc, is_cnt = Signal(), Signal(), Signal()
+        lc_word, cnt_word, reg_word = Signal(32), Signal(32), Signal(32)
+        lc_idx = (rd_addr - LAYER_CYCLES_BASE)[2:]
+        cnt_idx = (rd_addr - Reg.COUNTERS)[2:]
+        reg_value = Signal(32)
+        with m.Switch(rd_addr[:8]):
+            for reg, v in regs.items():
+                with m.Case(int(reg)):
+                    m.d.comb += reg_value.eq(v)
         with m.If(rd_pending):
-            m.d.sync += [self.s_axil_rdata.eq(value), self.s_axil_rvalid.eq(1),
-                         rd_pending.eq(0)]
+            m.d.sync += [
+                rd_pending.eq(0), rd_sel.eq(1),
+                is_desc.eq(rd_addr >= DESC_BASE),
+                is_lc.eq((rd_addr >= LAYER_CYCLES_BASE)
+                         & (rd_addr < LAYER_CYCLES_BASE + 4 * self.max_layers)),
+                is_cnt.eq((rd_addr >= Reg.COUNTERS)
+                          & (rd_addr < Reg.COUNTERS + 4 * self.n_counters)),
+                lc_word.eq(self.layer_cycles.as_value().word_select(
+                    lc_idx[:max(1, (self.max_layers - 1).bit_length())], 32)),
+                cnt_word.eq(self.counters.as_value().word_select(
+                    cnt_idx[:max(1, (self.n_counters - 1).bit_length())], 32)),
+                reg_word.eq(reg_value),
+            ]
+        # stage 3: the response
+        with m.If(rd_sel):
+            m.d.sync += [rd_sel.eq(0), self.s_axil_rvalid.eq(1),
+                         self.s_axil_rdata.eq(Mux(is_desc, self.desc_r_data,
+                                                  Mux(is_lc, lc_word,
+                                                      Mux(is_cnt, cnt_word, reg_word))))]
 
     def _stream_err_flag(self, m):
         flag = Signal()
@@ -303,6 +327,7 @@ class HostInterface(wiring.Component):
         mem = Signal(4)
         addr = Signal(24)
         count = Signal(32)
+        hdr_last = Signal()                           # tlast of beat 1
         beat = Signal(range(max_beats + 1))
         word = Signal(W)
         beats = Signal(range(max_beats + 1))          # beats per word of `mem`
@@ -338,41 +363,45 @@ class HostInterface(wiring.Component):
             with m.State("HDR1"):
                 m.d.comb += self.s_axis_tready.eq(~self.busy)
                 with m.If(take):
-                    m.d.sync += [count.eq(tdata), beat.eq(0), word.eq(0)]
-                    with m.If((cmd != StreamCmd.WRITE) & (cmd != StreamCmd.READ)):
-                        set_err(StreamError.BAD_COMMAND)
+                    m.d.sync += [count.eq(tdata), hdr_last.eq(tlast), beat.eq(0), word.eq(0)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                # the frame header is checked from registers, one cycle after beat 1 (the
+                # range check is a 32-bit add and compare)
+                with m.If((cmd != StreamCmd.WRITE) & (cmd != StreamCmd.READ)):
+                    set_err(StreamError.BAD_COMMAND)
+                    m.next = "HDR0"
+                    with m.If(~hdr_last):
+                        m.next = "DRAIN"
+                with m.Elif(~known):
+                    set_err(StreamError.BAD_MEMORY)
+                    m.next = "HDR0"
+                    with m.If(~hdr_last):
+                        m.next = "DRAIN"
+                with m.Elif(addr + count > depth):
+                    set_err(StreamError.RANGE)
+                    m.next = "HDR0"
+                    with m.If(~hdr_last):
+                        m.next = "DRAIN"
+                with m.Elif(cmd == StreamCmd.READ):
+                    with m.If(~hdr_last):
+                        set_err(StreamError.MISSING_LAST)
+                        m.next = "DRAIN"
+                    with m.Elif(count == 0):
                         m.next = "HDR0"
-                        with m.If(~tlast):
-                            m.next = "DRAIN"
-                    with m.Elif(~known):
-                        set_err(StreamError.BAD_MEMORY)
+                    with m.Else():
+                        m.next = "RD_ISSUE"
+                with m.Else():      # WRITE
+                    with m.If(count == 0):
                         m.next = "HDR0"
-                        with m.If(~tlast):
-                            m.next = "DRAIN"
-                    with m.Elif(addr + tdata > depth):
-                        set_err(StreamError.RANGE)
-                        m.next = "HDR0"
-                        with m.If(~tlast):
-                            m.next = "DRAIN"
-                    with m.Elif(cmd == StreamCmd.READ):
-                        with m.If(~tlast):
+                        with m.If(~hdr_last):
                             set_err(StreamError.MISSING_LAST)
                             m.next = "DRAIN"
-                        with m.Elif(tdata == 0):
-                            m.next = "HDR0"
-                        with m.Else():
-                            m.next = "RD_ISSUE"
-                    with m.Else():      # WRITE
-                        with m.If(tdata == 0):
-                            m.next = "HDR0"
-                            with m.If(~tlast):
-                                set_err(StreamError.MISSING_LAST)
-                                m.next = "DRAIN"
-                        with m.Elif(tlast):
-                            set_err(StreamError.EARLY_LAST)
-                            m.next = "HDR0"
-                        with m.Else():
-                            m.next = "DATA"
+                    with m.Elif(hdr_last):
+                        set_err(StreamError.EARLY_LAST)
+                        m.next = "HDR0"
+                    with m.Else():
+                        m.next = "DATA"
             with m.State("DATA"):
                 m.d.comb += self.s_axis_tready.eq(~self.busy)
                 full = Signal(W)
