@@ -12,8 +12,8 @@ from __future__ import annotations
 import enum
 
 import numpy as np
-from amaranth import Cat, Const, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import SDConfig
@@ -120,26 +120,40 @@ class SparseDecoder(wiring.Component):
 
     Notes
     -----
-    Latency 1 cycle: a row is presented on ``rows`` in the cycle after the final word of
-    its slot is transferred.  Throughput one word per cycle, so one row every
-    ``words_per_record`` cycles plus one header slot per group; with one word per record
-    (the default) a group of ``k`` kept rows takes ``k + 1`` cycles.  Only the final word
-    of a slot and a word with ``last`` wait for the output register to be free
-    (``words.ready`` may depend on ``rows.ready`` and on ``words.payload``).
+    Two stages.  Stage 1 takes a word whenever its two-slot buffer has room, assembles
+    the slot and registers it decoded (``mask``/``sign``/``shift``, ``block``) together
+    with the outcome of every check that needs only the slot, the latched ``n_rows`` and
+    the previous slot's row.  Stage 2 runs the header/record sequence and the output
+    register from flip-flops only: the checks that need its state (row order, the final
+    slot, ``last``) are a few gates on registered flags, and the output payload loads
+    whenever the output register is free (only ``valid`` waits for the checks), so its
+    enable is ``~rows.valid | rows.ready`` alone.  ``words.ready`` depends on registers
+    and ``start`` only, neither on ``words.payload`` nor on ``rows.ready``.
+
+    Latency `LATENCY` (2) cycles: a row is presented on ``rows`` two cycles after the
+    final word of its slot is transferred.  Throughput one word per cycle, so one row
+    every ``words_per_record`` cycles plus one header slot per group; with one word per
+    record (the default) a group of ``k`` kept rows takes ``k + 1`` cycles.  A stream
+    ends at its word with ``last``: stage 1 takes no further word until the next
+    ``start``.
 
     Errors (`DecodeError`): wrong header tag, header count ``> n_rows``, row index
     ``>= n_rows`` or not increasing, an invalid code, non-zero padding, ``last`` on any
     word except the final one, ``last`` missing on the final one, ``start`` with
-    ``n_groups == 0`` or ``n_rows > max_rows``.  A slot is checked when its final word
-    arrives (``last`` on every word); the first error found sets ``error`` and
-    ``error_code`` and sends the decoder to idle (``busy`` low).  The failing slot is
-    never emitted, and since the word that reveals an error is only taken (and bad
-    ``start`` arguments are only reported, ``busy`` high until then) while the output
-    register is empty or being read, ``rows.valid`` is low whenever ``error`` is high
-    (a bounded proof in ``tests/test_decoder_formal.py``).  While ``error`` is set the decoder accepts
-    and discards every word (``words.ready`` high), so an upstream reader can never
-    hang on it; before the first ``start`` and after ``done`` it takes no words.
+    ``n_groups == 0`` or ``n_rows > max_rows``.  Slots are checked in stage 2 in stream
+    order (a word with ``last`` that ends a slot early is reported there too); the first
+    error found sets ``error`` and ``error_code``, empties stage 1 and sends the decoder
+    to idle (``busy`` low).  The failing slot is never emitted, and since stage 2 takes
+    a slot (and bad ``start`` arguments are only reported, ``busy`` high until then)
+    only while the output register is empty or being read, ``rows.valid`` is low
+    whenever ``error`` is high (a bounded proof in ``tests/test_decoder_formal.py``).
+    While ``error`` is set the decoder accepts and discards every word (``words.ready``
+    high), so an upstream reader can never hang on it; before the first ``start`` and
+    after ``done`` it takes no words.
     """
+
+    #: Cycles from the transfer of a slot's final word to its row on ``rows``.
+    LATENCY = 2
 
     def __init__(self, config: SDConfig):
         if not isinstance(config, SDConfig):
@@ -162,148 +176,45 @@ class SparseDecoder(wiring.Component):
     def elaborate(self, platform):
         cfg = self.config
         W, wpr = cfg.ce_word_width, cfg.words_per_record
+        S, T, L, cb, eb = cfg.basis_size, cfg.terms, cfg.lanes, cfg.code_bits, cfg.exp_bits
+        n = S * T
         m = Module()
 
-        state = Signal(_State)
-        # Groups after the current one and whether the current one is the final group:
-        # counted down and registered, so no `group == n_groups - 1` compare sits on
-        # the path into the checks and the output register (timing).
-        groups = Signal(cfg.group_bits)
-        final_group = Signal()
-        rows_r = Signal(cfg.row_bits)         # latched n_rows (R)
-        group = Signal(cfg.group_bits)        # current group
-        remaining = Signal(cfg.row_bits)      # records left in the current group
-        first_rec = Signal()                  # next record is the group's first
-        prev_row = Signal(cfg.row_bits)
-        prev_block = Signal(cfg.block_bits)
-        widx = Signal(range(max(2, wpr)))     # word index inside the slot
+        # ================= stage 1: take a word, assemble the slot, check it ==============
+        # Every check that needs only the slot (and the latched `n_rows` or the previous
+        # slot's row) is done here and registered with the decoded fields, so stage 2
+        # decides from flip-flops only.  `words.ready` is a function of registers and
+        # `start`: neither the word nor `rows.ready` reaches it.
+        entry = _entry_layout(cfg)
+        rows_r = Signal(cfg.row_bits)          # latched n_rows (R)
+        bad_args = Signal()                    # latched at start, reported when out_free
+        in_run = Signal()                      # words are taken (start .. word with last)
+        widx = Signal(range(max(2, wpr)))      # word index inside the slot
         buf = Signal(W * (wpr - 1)) if wpr > 1 else None
-
-        out = self.rows
-        out_free = Signal()
-        m.d.comb += [out_free.eq(~out.valid | out.ready),
-                     self.busy.eq(state != _State.IDLE)]
-        with m.If(out.ready):
-            m.d.sync += out.valid.eq(0)       # overridden below when a row is loaded
-        m.d.sync += self.done.eq(0)
+        prev_row = Signal(cfg.row_bits)        # row field of the previous complete slot
+        prev_block = Signal(cfg.block_bits)
+        mem = [Signal(entry, name=f"slot{k}") for k in range(2)]
+        wptr, rptr = Signal(), Signal()
+        count = Signal(range(3))               # slots held (0 ... 2)
+        nonempty, full = Signal(), Signal()    # registered views of `count`
 
         word = self.words.payload
-        completing = Signal()
-        m.d.comb += completing.eq(widx == wpr - 1)
-        running = Signal()
-        m.d.comb += running.eq((state == _State.HEADER) | (state == _State.RECORD))
-        bad_args = Signal()                   # latched at start, reported when out_free
         with m.If(self.start | bad_args):
             m.d.comb += self.words.ready.eq(0)
-        with m.Elif(running):
-            m.d.comb += self.words.ready.eq(Mux(completing | word.last, out_free, 1))
         with m.Else():
-            m.d.comb += self.words.ready.eq(self.error)      # drain after an error
+            # Drain after an error, so an upstream reader never hangs on the decoder.
+            m.d.comb += self.words.ready.eq(self.error | (in_run & ~full))
         take = Signal()
-        m.d.comb += take.eq(self.words.valid & self.words.ready & running)
+        m.d.comb += take.eq(self.words.valid & self.words.ready & in_run)
+        completing = Signal()
+        m.d.comb += completing.eq(widx == wpr - 1)
+        push = Signal()
+        m.d.comb += push.eq(take & (completing | word.last))
 
         slot = Cat(buf, word.data) if wpr > 1 else word.data
-
-        def fail(code):
-            m.d.sync += [self.error.eq(1), self.error_code.eq(code), state.eq(_State.IDLE)]
-
-        # ---- start ---------------------------------------------------------------
-        with m.If(self.start):
-            m.d.sync += [self.error.eq(0), self.error_code.eq(DecodeError.NONE),
-                         groups.eq(self.n_groups - 1), final_group.eq(self.n_groups == 1),
-                         rows_r.eq(self.n_rows), group.eq(0),
-                         widx.eq(0), state.eq(_State.HEADER),
-                         bad_args.eq((self.n_groups == 0) | (self.n_rows > cfg.max_rows))]
-
-        # ---- bad arguments: reported once a row of the previous stream has left ------
-        with m.Elif(bad_args):
-            with m.If(out_free):
-                m.d.sync += bad_args.eq(0)
-                fail(DecodeError.BAD_ARGS)
-
-        # ---- a word that does not complete its slot --------------------------------
-        with m.Elif(take & ~completing):
-            if wpr > 1:
-                m.d.sync += [buf.eq(Cat(buf[W:], word.data)), widx.eq(widx + 1)]
-            with m.If(word.last):
-                fail(DecodeError.EARLY_LAST)
-
-        # ---- the final word of a header slot ---------------------------------------------
-        with m.Elif(take & (state == _State.HEADER)):
-            self._header(m, slot, word.last, (groups, final_group), rows_r, group, remaining, first_rec,
-                         widx, state, fail)
-
-        # ---- the final word of a record slot ---------------------------------------------
-        with m.Elif(take & (state == _State.RECORD)):
-            self._record(m, slot, word.last, (groups, final_group), rows_r, group, remaining, first_rec,
-                         prev_row, prev_block, widx, state, fail)
-        return m
-
-    # ------------------------------------------------------------------ helpers
-    def _final_group(self, group, groups):
-        return groups[1]
-
-    def _finish_group(self, m, group, groups, state):
-        """Advance to the next group's header, or to idle after the final group."""
-        with m.If(self._final_group(group, groups)):
-            m.d.sync += [state.eq(_State.IDLE), self.done.eq(1)]
-        with m.Else():
-            left, final = groups
-            m.d.sync += [state.eq(_State.HEADER), group.eq(group + 1), left.eq(left - 1),
-                         final.eq(left == 1)]
-
-    def _check_last(self, m, last, final, fail, ok):
-        """Fail on ``last`` before the final word or missing on it; else run ``ok()``."""
-        with m.If(last & ~final):
-            fail(DecodeError.EARLY_LAST)
-        with m.Elif(~last & final):
-            fail(DecodeError.MISSING_LAST)
-        with m.Else():
-            ok()
-
-    def _header(self, m, slot, last, groups, rows_r, group, remaining, first_rec, widx,
-                state, fail):
-        cfg = self.config
-        count = slot[:cfg.row_bits]
-        tag = slot[cfg.row_bits:cfg.header_bits]
-        pad = slot[cfg.header_bits:]
-        m.d.sync += widx.eq(0)
-        final = Signal()
-        m.d.comb += final.eq((count == 0) & self._final_group(group, groups))
-        with m.If(tag != cfg.header_tag):
-            fail(DecodeError.BAD_TAG)
-        with m.Elif(count > rows_r):
-            fail(DecodeError.BAD_COUNT)
-        with m.Elif(pad != 0):
-            fail(DecodeError.PADDING)
-        with m.Else():
-            def ok():
-                with m.If(count == 0):
-                    self._emit_empty(m, group)
-                    self._finish_group(m, group, groups, state)
-                with m.Else():
-                    m.d.sync += [remaining.eq(count), first_rec.eq(1),
-                                 state.eq(_State.RECORD)]
-            self._check_last(m, last, final, fail, ok)
-
-    def _emit_empty(self, m, group):
-        p = self.rows.payload
-        m.d.sync += [self.rows.valid.eq(1), p.eq(0), p.group.eq(group), p.new_block.eq(1),
-                     p.first.eq(1), p.last.eq(1), p.empty.eq(1)]
-
-    def _record(self, m, slot, last, groups, rows_r, group, remaining, first_rec, prev_row,
-                prev_block, widx, state, fail):
-        cfg = self.config
-        S, T, L, cb, eb = cfg.basis_size, cfg.terms, cfg.lanes, cfg.code_bits, cfg.exp_bits
         row = slot[:cfg.row_bits]
-        pad = slot[cfg.record_bits:] if len(slot) > cfg.record_bits else Const(0, 1)
-        m.d.sync += widx.eq(0)
-
-        block = Signal(cfg.block_bits)
-        m.d.comb += block.eq(const_div(row, cfg.block_rows, cfg.max_rows))
-        p = self.rows.payload
+        new = Signal(entry)
         bad_code = []
-        loads = []
         for l in range(L):
             for j in range(S):
                 for t in range(T):
@@ -311,37 +222,193 @@ class SparseDecoder(wiring.Component):
                     off = cfg.row_bits + ((l * S + j) * T + t) * cb
                     field, sign = slot[off:off + eb], slot[off + eb]
                     bad_code.append((sign & (field == 0)) | (field > cfg.exp_levels))
-                    loads += [p.mask[l][k].eq(field != 0),
-                              p.sign[l][k].eq(sign),
-                              p.shift[l][k].eq(Mux(field != 0, field - 1, 0))]
-        any_bad = Signal()
-        m.d.comb += any_bad.eq(Cat(*bad_code).any())
-        final = Signal()
-        m.d.comb += final.eq((remaining == 1) & self._final_group(group, groups))
-        # The payload and the record bookkeeping load on every completing record word,
-        # checked or not: a failing slot never sets `rows.valid` (and the decoder goes
-        # idle, so the bookkeeping is reloaded by the next header), and the words are
-        # only taken while the output register is free.  Only `valid`, the state and
-        # the group counters wait for the checks, which keeps the check chains' fan-out
-        # small (timing).
-        m.d.sync += loads + [
-            p.row.eq(row), p.block.eq(block), p.group.eq(group),
-            p.new_block.eq(first_rec | (block != prev_block)),
-            p.first.eq(first_rec), p.last.eq(remaining == 1), p.empty.eq(0),
-            prev_row.eq(row), prev_block.eq(block), first_rec.eq(0),
-            remaining.eq(remaining - 1),
+                    m.d.comb += [new.mask[l][k].eq(field != 0), new.sign[l][k].eq(sign),
+                                 new.shift[l][k].eq(Mux(field != 0, field - 1, 0))]
+        rpad = slot[cfg.record_bits:] if len(slot) > cfg.record_bits else Const(0, 1)
+        m.d.comb += [
+            new.row.eq(row),
+            new.block.eq(const_div(row, cfg.block_rows, cfg.max_rows)),
+            new.last.eq(word.last),
+            new.early.eq(~completing),
+            new.cnt_zero.eq(row == 0),
+            new.cnt_one.eq(row == 1),
+            new.bad_tag.eq(slot[cfg.row_bits:cfg.header_bits] != cfg.header_tag),
+            new.bad_count.eq(row > rows_r),
+            new.hdr_pad.eq(slot[cfg.header_bits:] != 0),
+            new.bad_range.eq(row >= rows_r),
+            new.le_prev.eq(row <= prev_row),
+            new.bad_code.eq(Cat(*bad_code).any()),
+            new.rec_pad.eq(rpad != 0),
         ]
-        with m.If(row >= rows_r):
-            fail(DecodeError.ROW_RANGE)
-        with m.Elif(~first_rec & (row <= prev_row)):
-            fail(DecodeError.ROW_ORDER)
-        with m.Elif(any_bad):
-            fail(DecodeError.BAD_CODE)
-        with m.Elif(pad != 0):
-            fail(DecodeError.PADDING)
-        with m.Else():
-            def ok():
-                m.d.sync += self.rows.valid.eq(1)
-                with m.If(remaining == 1):
-                    self._finish_group(m, group, groups, state)
-            self._check_last(m, last, final, fail, ok)
+        m.d.comb += new.block_ne.eq(new.block != prev_block)
+        # Slot registers load on `push` alone (a write pointer, no read-side term).
+        for k in range(2):
+            with m.If(push & (wptr == k)):
+                m.d.sync += mem[k].eq(new)
+        with m.If(take):
+            with m.If(completing):
+                m.d.sync += [prev_row.eq(row), prev_block.eq(new.block)]
+                if wpr > 1:
+                    m.d.sync += widx.eq(0)
+            if wpr > 1:
+                with m.Else():
+                    m.d.sync += [buf.eq(Cat(buf[W:], word.data)), widx.eq(widx + 1)]
+            with m.If(word.last):
+                m.d.sync += in_run.eq(0)       # the stream ends here (or it is an error)
+        with m.If(push):
+            m.d.sync += wptr.eq(~wptr)
+
+        # ================= stage 2: the slot sequence, from registers =====================
+        state = Signal(_State)
+        # Groups after the current one and whether the current one is the final group:
+        # counted down and registered, so no `group == n_groups - 1` compare sits on
+        # the path into the checks and the output register (timing).
+        groups = Signal(cfg.group_bits)
+        final_group = Signal()
+        group = Signal(cfg.group_bits)         # current group
+        remaining = Signal(cfg.row_bits)       # records left in the current group
+        rem_one = Signal()                     # remaining == 1
+        first_rec = Signal()                   # next record is the group's first
+        hdr = Signal()                         # state == HEADER (one flip-flop)
+
+        out = self.rows
+        out_free = Signal()
+        m.d.comb += [out_free.eq(~out.valid | out.ready),
+                     self.busy.eq(state != _State.IDLE)]
+        with m.If(out.ready):
+            m.d.sync += out.valid.eq(0)        # overridden below when a row is loaded
+        m.d.sync += self.done.eq(0)
+
+        head = Signal(entry)
+        m.d.comb += head.eq(Mux(rptr, mem[1], mem[0]))
+        running = Signal()
+        m.d.comb += running.eq((state == _State.HEADER) | (state == _State.RECORD))
+        pop = Signal()
+        m.d.comb += pop.eq(nonempty & out_free & running & ~bad_args & ~self.start)
+
+        # The payload loads whenever the output register is free, whatever the slot (or
+        # no slot): only `valid` waits for the checks.  So its enable is `out_free` alone.
+        p = out.payload
+        with m.If(out_free):
+            m.d.sync += [
+                p.row.eq(Mux(hdr, 0, head.row)), p.block.eq(Mux(hdr, 0, head.block)),
+                p.group.eq(group),
+                p.new_block.eq(hdr | first_rec | head.block_ne),
+                p.first.eq(hdr | first_rec), p.last.eq(hdr | rem_one), p.empty.eq(hdr),
+            ]
+            for l in range(L):
+                for k in range(n):
+                    m.d.sync += [p.mask[l][k].eq(head.mask[l][k] & ~hdr),
+                                 p.sign[l][k].eq(head.sign[l][k] & ~hdr),
+                                 p.shift[l][k].eq(Mux(hdr, 0, head.shift[l][k]))]
+
+        nxt = Signal(range(3))
+        m.d.comb += nxt.eq(count + push - pop)
+        m.d.sync += [count.eq(nxt), nonempty.eq(nxt != 0), full.eq(nxt == 2)]
+        with m.If(pop):
+            m.d.sync += rptr.eq(~rptr)
+
+        def set_state(s):
+            m.d.sync += [state.eq(s), hdr.eq(s == _State.HEADER)]
+
+        def flush():
+            m.d.sync += [in_run.eq(0), count.eq(0), nonempty.eq(0), full.eq(0),
+                         wptr.eq(0), rptr.eq(0), widx.eq(0)]
+
+        def fail(code):
+            m.d.sync += [self.error.eq(1), self.error_code.eq(code)]
+            set_state(_State.IDLE)
+            flush()
+
+        def finish_group():
+            """Advance to the next group's header, or to idle after the final group."""
+            with m.If(final_group):
+                set_state(_State.IDLE)
+                m.d.sync += self.done.eq(1)
+            with m.Else():
+                set_state(_State.HEADER)
+                m.d.sync += [group.eq(group + 1), groups.eq(groups - 1),
+                             final_group.eq(groups == 1)]
+
+        def check_last(final, ok):
+            """Fail on ``last`` before the final slot or missing on it; else ``ok()``."""
+            with m.If(head.last & ~final):
+                fail(DecodeError.EARLY_LAST)
+            with m.Elif(~head.last & final):
+                fail(DecodeError.MISSING_LAST)
+            with m.Else():
+                ok()
+
+        # ---- start ---------------------------------------------------------------
+        with m.If(self.start):
+            m.d.sync += [self.error.eq(0), self.error_code.eq(DecodeError.NONE),
+                         groups.eq(self.n_groups - 1), final_group.eq(self.n_groups == 1),
+                         rows_r.eq(self.n_rows), group.eq(0),
+                         bad_args.eq((self.n_groups == 0) | (self.n_rows > cfg.max_rows))]
+            set_state(_State.HEADER)
+            flush()
+            m.d.sync += in_run.eq(1)
+
+        # ---- bad arguments: reported once a row of the previous stream has left ------
+        with m.Elif(bad_args):
+            with m.If(out_free):
+                m.d.sync += bad_args.eq(0)
+                fail(DecodeError.BAD_ARGS)
+
+        # ---- a slot that ends with `last` before its final word ---------------------
+        with m.Elif(pop & head.early):
+            fail(DecodeError.EARLY_LAST)
+
+        # ---- a header slot ----------------------------------------------------------
+        with m.Elif(pop & hdr):
+            with m.If(head.bad_tag):
+                fail(DecodeError.BAD_TAG)
+            with m.Elif(head.bad_count):
+                fail(DecodeError.BAD_COUNT)
+            with m.Elif(head.hdr_pad):
+                fail(DecodeError.PADDING)
+            with m.Else():
+                def header_ok():
+                    with m.If(head.cnt_zero):
+                        m.d.sync += out.valid.eq(1)          # the group's `empty` row
+                        finish_group()
+                    with m.Else():
+                        m.d.sync += [remaining.eq(head.row), rem_one.eq(head.cnt_one),
+                                     first_rec.eq(1)]
+                        set_state(_State.RECORD)
+                check_last(head.cnt_zero & final_group, header_ok)
+
+        # ---- a record slot ----------------------------------------------------------
+        with m.Elif(pop):
+            with m.If(head.bad_range):
+                fail(DecodeError.ROW_RANGE)
+            with m.Elif(~first_rec & head.le_prev):
+                fail(DecodeError.ROW_ORDER)
+            with m.Elif(head.bad_code):
+                fail(DecodeError.BAD_CODE)
+            with m.Elif(head.rec_pad):
+                fail(DecodeError.PADDING)
+            with m.Else():
+                def record_ok():
+                    m.d.sync += [out.valid.eq(1), first_rec.eq(0),
+                                 remaining.eq(remaining - 1), rem_one.eq(remaining == 2)]
+                    with m.If(rem_one):
+                        finish_group()
+                check_last(rem_one & final_group, record_ok)
+        return m
+
+
+def _entry_layout(cfg: SDConfig) -> data.StructLayout:
+    """A checked slot between the decoder's two stages: the decoded record fields (the
+    header count is ``row``) and the outcome of every check that needs only the slot."""
+    n = cfg.basis_size * cfg.terms
+    flags = ("last", "early", "cnt_zero", "cnt_one", "bad_tag", "bad_count", "hdr_pad",
+             "bad_range", "le_prev", "bad_code", "rec_pad", "block_ne")
+    return data.StructLayout({
+        "row": unsigned(cfg.row_bits), "block": unsigned(cfg.block_bits),
+        "mask": data.ArrayLayout(unsigned(n), cfg.lanes),
+        "sign": data.ArrayLayout(unsigned(n), cfg.lanes),
+        "shift": data.ArrayLayout(data.ArrayLayout(unsigned(cfg.shift_code_bits), n),
+                                  cfg.lanes),
+        **{f: unsigned(1) for f in flags},
+    })

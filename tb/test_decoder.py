@@ -13,7 +13,8 @@ random SD layers.  Tests:
   the golden unpacker decodes (and pulses ``done``) or raises ``error`` with the golden
   error code; the decoder always returns to idle, never stops taking words after an
   error, and never presents a valid row while ``error`` is set;
-* a reset in mid-stream, and the steady state (>= 1000 rows, no input stall, latency 1).
+* a reset in mid-stream, and the steady state (>= 1000 rows, no input stall, latency
+  `SparseDecoder.LATENCY`).
 """
 
 from __future__ import annotations
@@ -276,7 +277,8 @@ async def decoder_reset_mid_stream(dut):
 
 @cocotb.test()
 async def decoder_steady_state(dut):
-    """>= 1000 rows, no stalls: a word taken every cycle, each row 1 cycle after its slot."""
+    """>= 1000 rows, no stalls: a word taken every cycle, each row `LATENCY` cycles after its
+    slot."""
     tb = DecoderTB(dut)
     cfg = tb.config
     await tb.clock.reset()
@@ -306,7 +308,7 @@ async def decoder_steady_state(dut):
     dut._log.info(f"steady state: {len(rows)} rows from {len(words)} words in {span} cycles "
                   f"({len(rows) / span:.3f} rows per cycle; {wpr} word(s) per record, one "
                   f"header slot per group), latency {lat}")
-    assert lat == {1}, f"row latency {sorted(lat)}"
+    assert lat == {SparseDecoder.LATENCY}, f"row latency {sorted(lat)}"
 
 
 @pytest.mark.sim
