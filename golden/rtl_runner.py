@@ -143,7 +143,8 @@ def _sim_wrapper(core, core_name: str, name: str) -> str:
 
 def accelerator_verilog(config: SDConfig, kind: str = "sd", top: str | None = None,
                         self_clocked: bool = False, **kwargs) -> tuple[str, str]:
-    """``(verilog_text, top)``: the accelerator and the ``sd_ram`` module in one file.
+    """``(verilog_text, top)``: the accelerator, its other hand-written modules (the
+    registered multiplier ``sd_mul``) and, last, the ``sd_ram`` module in one file.
 
     With ``self_clocked`` the text also has the simulation wrapper (`_sim_wrapper`) and
     ``top`` names it (``<top>_sim``); it needs Verilator's ``--timing``.
@@ -153,7 +154,8 @@ def accelerator_verilog(config: SDConfig, kind: str = "sd", top: str | None = No
     from tb.harness import to_verilog
     top = top or f"{kind}_accel"
     core = AcceleratorTop(config, kind, **kwargs)
-    text = to_verilog(core, top) + "\n" + SD_RAM_VERILOG
+    extra = [src for name, src in sorted(core.verilog_sources.items()) if src != SD_RAM_VERILOG]
+    text = "\n".join([to_verilog(core, top), *extra, SD_RAM_VERILOG])
     if self_clocked:
         text += "\n" + _sim_wrapper(core, top, top + "_sim")
         top = top + "_sim"

@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.basis_array import adder_tree
 from hw.config import SDConfig
+from hw.dsp import SD_MUL_FILE, SD_MUL_VERILOG, RegisteredMul, mul_shape
 from hw.layouts import lane_quant_layout, mac_op_layout, quant_layout, results_layout
 
 __all__ = ["MacLanes"]
@@ -36,6 +37,12 @@ class MacLanes(wiring.Component):
     weight_bits : int, optional
         Signed width of the incoming weights; default ``rebuilt_weight_bits`` (SD path).
         The dense baseline uses its int8 width.
+    dsp_instances : bool
+        True: every multiplier is an instance of the Verilog module ``sd_mul``
+        (`hw.dsp`), whose text the design needs (`verilog_sources`; the ECP5 flow
+        substitutes the ``MULT18X18D`` version).  False (default): the same registers
+        and products in Amaranth, which the Amaranth simulator can run.  Both are
+        cycle- and bit-identical.
 
     Attributes
     ----------
@@ -54,15 +61,20 @@ class MacLanes(wiring.Component):
     Notes
     -----
     Latency `LATENCY` = 10 cycles from an op's transfer to its result on ``results``
-    (1 op register; 2 products (DSP blocks); 3 adder tree, accumulator RAM read; 4 read
-    data registered; 5 accumulate, RAM write and registered sum; 6 bias; 7 two partial
-    products of the requantization multiply (DSP blocks); 8 their sum; 9 the rounding
-    shift; 10 rounding / ReLU / saturation into the output register).  Every stage
-    is one carry chain or one DSP block deep, so the lanes are not the design's
-    critical path.  Throughput one op per cycle, including
+    (1 op register; 2 products; 3 adder tree, accumulator RAM read; 4 read data
+    registered; 5 accumulate, RAM write and registered sum; 6 bias; 7 two partial
+    products of the requantization multiply; 8 their sum; 9 the rounding shift;
+    10 rounding / ReLU / saturation into the output register).  Every multiply is a
+    registered multiplier (`hw.dsp.RegisteredMul`, the Verilog module ``sd_mul`` with
+    ``dsp_instances``): the weights and activations (stage 1) and the biased sum
+    (stage 6) are its input registers, the product (stages 2 and 7) its output
+    register, so a DSP block sits between two of its own registers.  Every other stage
+    is at most one carry chain deep, so the lanes are not the design's critical path.
+    Throughput one op per cycle, including
     back-to-back ops on the same ``addr`` (``P = 1``, ``P = 2``): the accumulator RAM is
     read two cycles before it is written, and the sums written by the two ops ahead are
-    forwarded, so every op sees all earlier ones.  The whole pipeline stalls while a
+    forwarded (the address comparisons are registered one stage early), so every op
+    sees all earlier ones.  The whole pipeline stalls while a
     result waits on ``results`` (``ops.ready = ~results.valid | results.ready``).
     The accumulator wraps at ``acc_bits``; ``acc + bias`` is computed on
     ``acc_bits + 1`` bits and the product exactly (the exporter guarantees that the
@@ -71,7 +83,8 @@ class MacLanes(wiring.Component):
 
     LATENCY = 10
 
-    def __init__(self, config: SDConfig, weight_bits: int | None = None):
+    def __init__(self, config: SDConfig, weight_bits: int | None = None, *,
+                 dsp_instances: bool = False):
         if not isinstance(config, SDConfig):
             raise TypeError(f"config must be an SDConfig, got {type(config).__name__}: "
                             f"{config!r}")
@@ -84,11 +97,19 @@ class MacLanes(wiring.Component):
                 f"weight_bits must be in [2, acc_bits - act_bits = "
                 f"{config.acc_bits - config.act_bits}] so one product fits the "
                 f"accumulator, got {weight_bits!r}")
+        if not isinstance(dsp_instances, bool):
+            raise TypeError(f"dsp_instances must be a bool, got {dsp_instances!r}")
+        self.dsp_instances = dsp_instances
         super().__init__({
             "ops": In(stream.Signature(mac_op_layout(config, self.weight_bits))),
             "quant": In(quant_layout(config)),
             "results": Out(stream.Signature(results_layout(config))),
         })
+
+    @property
+    def verilog_sources(self) -> dict[str, str]:
+        """Extra Verilog files: ``{"sd_mul.v": text}`` with ``dsp_instances``, else ``{}``."""
+        return {SD_MUL_FILE: SD_MUL_VERILOG} if self.dsp_instances else {}
 
     def elaborate(self, platform):
         cfg = self.config
@@ -111,15 +132,31 @@ class MacLanes(wiring.Component):
         take = Signal()
         m.d.comb += take.eq(self.ops.valid & self.ops.ready)
 
-        # --- stage 1: registered op and quant snapshot ---------------------------
-        op_layout = mac_op_layout(cfg, self.weight_bits)
-        op1 = Signal(op_layout)
+        def mul(name, a, a_shape, b, b_shape):
+            """A registered multiplier (`hw.dsp.RegisteredMul`) enabled with the pipeline.
+
+            Its input registers hold the operands of one stage, its output register the
+            product one stage later, so the multiplier has a register on both sides.
+            """
+            unit = RegisteredMul(a_shape, b_shape, mul_shape(a_shape, b_shape),
+                                 instance=self.dsp_instances)
+            m.submodules[name] = unit
+            m.d.comb += [unit.a.eq(a), unit.b.eq(b), unit.ce.eq(advance)]
+            return unit.p
+
+        # --- stage 1: registered op tags and quant snapshot ------------------------
+        # The weights and activations of the op are registered inside the multipliers
+        # (their input registers, loaded on every advance: a bubble's products are
+        # never used), the rest of the op here.
+        op = self.ops.payload
+        addr1, first1, last1 = Signal(cfg.acc_addr_bits), Signal(), Signal()
         q1 = Signal(quant_layout(cfg))
         v1 = Signal()
         with m.If(advance):
             m.d.sync += v1.eq(take)
             with m.If(take):
-                m.d.sync += [op1.eq(self.ops.payload), q1.eq(self.quant)]
+                m.d.sync += [addr1.eq(op.addr), first1.eq(op.first), last1.eq(op.last),
+                             q1.eq(self.quant)]
 
         def follow(name, v, addr, first, last, q):
             """Registers carrying an op's tags one stage on (stalled with the pipeline)."""
@@ -130,14 +167,11 @@ class MacLanes(wiring.Component):
                 m.d.sync += [r.eq(x) for r, x in zip(regs, (v, addr, first, last, q))]
             return regs
 
-        # --- stage P: the lanes x S products, each a DSP block, registered -----------
-        prod_p = [[Signal(signed(self.weight_bits + cfg.act_bits), name=f"prod_l{l}_{i}")
+        # --- stage P: the lanes x S products (output registers of the multipliers) -----
+        w_shape, x_shape = signed(self.weight_bits), signed(cfg.act_bits)
+        prod_p = [[mul(f"mul_l{l}_{i}", op.weights[l][i], w_shape, op.acts[i], x_shape)
                    for i in range(S)] for l in range(L)]
-        vp, addrp, firstp, lastp, qp = follow("p", v1, op1.addr, op1.first, op1.last, q1)
-        with m.If(advance):
-            for l in range(L):
-                m.d.sync += [prod_p[l][i].eq(op1.weights[l][i] * op1.acts[i])
-                             for i in range(S)]
+        vp, addrp, firstp, lastp, qp = follow("p", v1, addr1, first1, last1, q1)
 
         # --- stage D: dot products (adder tree) -----------------------------------------
         dot_shape = signed(cfg.acc_bits)
@@ -147,63 +181,60 @@ class MacLanes(wiring.Component):
             for l in range(L):
                 m.d.sync += dot2[l].eq(adder_tree(prod_p[l]))
         # The RAM read of the op in stage P is issued when it moves to stage D; the data
-        # arrives while it is in D and is registered (rd_r) for the accumulate stage E,
+        # arrives while it is in D and is registered (rd_m) for the accumulate stage E,
         # so the RAM's clock-to-output time and the adder are in different cycles.
         m.d.comb += [rd.addr.eq(addrp), rd.en.eq(advance)]
-        rd_r = Signal(data.ArrayLayout(acc_shape, L))
-        dot_e = [Signal(dot_shape, name=f"dot_e_l{l}") for l in range(L)]
+
+        # Read-modify-write forwarding.  An op's read misses the writes of the two ops
+        # ahead of it: the one two ahead writes on the edge the read is issued (the RAM
+        # returns the old word), the one just ahead one edge later.  Both collisions are
+        # decided one stage early from registered addresses, so the forwarding muxes see
+        # only registered selects:
+        #   hit2 (registered as the op enters D): the op in E then, two ahead, has the
+        #        same address; its sum is in fwd_data while this op is in D and replaces
+        #        the read data as it is registered (rd_m);
+        #   hit1 (registered as the op enters E): the op in E then, just ahead, has the
+        #        same address; its sum is in fwd_data while this op is in E and wins.
+        # ``first`` zeroes rd_m and masks hit1, so stage E is one 2:1 mux and the adder.
         ve, addre, firste, laste, qe = follow("e", v2, addr2, first2, last2, q2)
+        fwd_data = Signal(data.ArrayLayout(acc_shape, L))      # sum written by the op in E
+        hit2, hit1 = Signal(), Signal()
+        rd_m = Signal(data.ArrayLayout(acc_shape, L))
+        dot_e = [Signal(dot_shape, name=f"dot_e_l{l}") for l in range(L)]
         with m.If(advance):
-            m.d.sync += rd_r.eq(rd.data)
+            m.d.sync += [hit2.eq(ve & (addre == addrp)),
+                         hit1.eq(ve & (addre == addr2) & ~first2)]
             for l in range(L):
-                m.d.sync += dot_e[l].eq(dot2[l])
+                m.d.sync += [rd_m[l].eq(Mux(first2, 0, Mux(hit2, fwd_data[l], rd.data[l]))),
+                             dot_e[l].eq(dot2[l])]
 
         # --- stage E: accumulate (read-modify-write) ----------------------------------------
-        # Forwarding registers: the writes of the two ops ahead (made in the cycle this
-        # op's read was issued and in the next one) are not in the read data.  fwd1 is
-        # the newer and wins.
-        fwd1_valid, fwd1_addr = Signal(), Signal(cfg.acc_addr_bits)
-        fwd2_valid, fwd2_addr = Signal(), Signal(cfg.acc_addr_bits)
-        fwd_data = Signal(data.ArrayLayout(acc_shape, L))       # fwd1's sums
-        fwd2_data = Signal(data.ArrayLayout(acc_shape, L))
         acc_new = Signal(data.ArrayLayout(acc_shape, L))
-        hit1, hit2 = Signal(), Signal()
-        m.d.comb += [hit1.eq(fwd1_valid & (fwd1_addr == addre)),
-                     hit2.eq(fwd2_valid & (fwd2_addr == addre))]
         for l in range(L):
             old = Signal(acc_shape, name=f"old_l{l}")
-            m.d.comb += [
-                old.eq(Mux(firste, 0, Mux(hit1, fwd_data[l],
-                                          Mux(hit2, fwd2_data[l], rd_r[l])))),
-                acc_new[l].eq(old + dot_e[l]),
-            ]
+            m.d.comb += [old.eq(Mux(hit1, fwd_data[l], rd_m[l])),
+                         acc_new[l].eq(old + dot_e[l])]
         m.d.comb += [wr.addr.eq(addre), wr.data.eq(acc_new), wr.en.eq(ve & advance)]
         with m.If(advance):
-            m.d.sync += [fwd1_valid.eq(ve), fwd1_addr.eq(addre), fwd_data.eq(acc_new),
-                         fwd2_valid.eq(fwd1_valid), fwd2_addr.eq(fwd1_addr),
-                         fwd2_data.eq(fwd_data)]
+            m.d.sync += fwd_data.eq(acc_new)
         # fwd_data is also the registered sum the bias stage adds to
         va, addra, _, _, qa = follow("a", ve & laste, addre, firste, laste, qe)
 
-        # --- stage 3: bias -------------------------------------------------------------
-        sum3 = [Signal(sum_shape, name=f"sum3_l{l}") for l in range(L)]
+        # --- stages 3 and 4: bias, then the requantization multiply ---------------------
+        # sum = fwd_data + bias goes straight into the input registers of two multipliers
+        # (stage 3), as hi * 2**k + lo with lo unsigned so that each product fits one
+        # 18 x 18 DSP block for the default widths; their output registers are stage 4.
         v3, addr3, _, _, q3 = follow("b", va, addra, 0, 0, qa)
-        with m.If(advance):
-            for l in range(L):
-                m.d.sync += sum3[l].eq(fwd_data[l] + qa.lanes[l].bias)
-
-        # --- stage 4: multiplier, as two partial products of DSP size -------------------
-        # sum = hi * 2**k + lo with lo unsigned: each product fits one 18 x 18 DSP block
-        # for the default widths, registered before the add that joins them.
-        k = min(len(sum3[0]) - 1, 17)
-        pp_lo = [Signal(unsigned(k + cfg.mult_bits), name=f"pp_lo_l{l}") for l in range(L)]
-        pp_hi = [Signal(signed(len(sum3[0]) - k + cfg.mult_bits + 1), name=f"pp_hi_l{l}")
-                 for l in range(L)]
         v4, addr4, _, _, q4 = follow("m", v3, addr3, 0, 0, q3)
-        with m.If(advance):
-            for l in range(L):
-                m.d.sync += [pp_lo[l].eq(sum3[l][:k] * q3.lanes[l].mult),
-                             pp_hi[l].eq(sum3[l][k:].as_signed() * q3.lanes[l].mult)]
+        k = min(sum_shape.width - 1, 17)
+        m_shape = unsigned(cfg.mult_bits)
+        pp_lo, pp_hi = [], []
+        for l in range(L):
+            total = Signal(sum_shape, name=f"sum_l{l}")
+            m.d.comb += total.eq(fwd_data[l] + qa.lanes[l].bias)
+            pp_lo.append(mul(f"rq_lo_l{l}", total[:k], unsigned(k), qa.lanes[l].mult, m_shape))
+            pp_hi.append(mul(f"rq_hi_l{l}", total[k:].as_signed(),
+                             signed(sum_shape.width - k), qa.lanes[l].mult, m_shape))
         prod5 = [Signal(prod_shape, name=f"prod5_l{l}") for l in range(L)]
         v5, addr5, _, _, q5 = follow("j", v4, addr4, 0, 0, q4)
         with m.If(advance):

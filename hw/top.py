@@ -20,6 +20,8 @@ run time through the stream port.  `AcceleratorTop` is shared with the dense bas
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping
 
 from amaranth import Cat, Module, Mux, ResetInserter, Signal
@@ -30,6 +32,7 @@ from hw.config import SDConfig
 from hw.controller import DEFAULT_MAX_LAYERS, DEFAULT_WATCHDOG, LayerController
 from hw.datapath import LayerDatapath, weight_word_bits
 from hw.descriptor import DESC_SLOT_WORDS, act_bank_depth, geometry
+from hw.dsp import SD_MUL_FILE, SD_MUL_VERILOG
 from hw.host import ID_DENSE, ID_SD, Counter, HostInterface, MemId
 from hw.memories import SyncRAM, collect_verilog_sources
 
@@ -146,8 +149,9 @@ class AcceleratorTop(wiring.Component):
 
     @property
     def verilog_sources(self) -> dict[str, str]:
-        """Extra Verilog files (``{"sd_ram.v": text}`` when init files are used)."""
-        return collect_verilog_sources(*self._mems.values())
+        """Extra Verilog files: ``sd_mul.v`` (the MAC lanes' registered multipliers,
+        `hw.dsp`) and ``sd_ram.v`` when a memory is the ``sd_ram`` module."""
+        return {SD_MUL_FILE: SD_MUL_VERILOG, **collect_verilog_sources(*self._mems.values())}
 
     # --------------------------------------------------------------------- elaborate
     def elaborate(self, platform):
@@ -230,11 +234,11 @@ class AcceleratorTop(wiring.Component):
         if self.kind == "sd":
             read_pairs.append((mems["basis"], dp.b_r_addr, dp.b_r_en, dp.b_r_data,
                                MemId.BASIS))
-        r_id = Signal(4)
-        m.d.sync += r_id.eq(host.mem_r_id)
-        r_bank = Signal(range(S))
-        with m.If(host.mem_r_en):
-            m.d.sync += r_bank.eq(host.mem_r_addr[g.act:])
+        # Host reads: the memory that answers is a registered one-hot select (set with
+        # the read), and the read data an AND-OR of the block RAM outputs, so the late
+        # RAM data passes two LUT levels to the host's word register.
+        r_sel = Signal(len(read_pairs) + S)
+        host_rd = []
         for ram, addr, en, rdata, mid in read_pairs:
             m.d.comb += rdata.eq(ram.r_data)
             with m.If(busy):
@@ -242,8 +246,9 @@ class AcceleratorTop(wiring.Component):
             with m.Else():
                 m.d.comb += [ram.r_addr.eq(host.mem_r_addr),
                              ram.r_en.eq(host.mem_r_en & (host.mem_r_id == mid))]
-            with m.If(r_id == mid):
-                m.d.comb += host.mem_r_data.eq(ram.r_data)
+            with m.If(host.mem_r_en):
+                m.d.sync += r_sel[len(host_rd)].eq(host.mem_r_id == mid)
+            host_rd.append(Mux(r_sel[len(host_rd)], ram.r_data, 0))
             # weight memories are written only by the host
             m.d.comb += [ram.w_addr.eq(host.mem_w_addr), ram.w_data.eq(host.mem_w_data),
                          ram.w_en.eq(host.mem_w_en & (host.mem_w_id == mid) & ~busy)]
@@ -262,8 +267,10 @@ class AcceleratorTop(wiring.Component):
                              ram.w_addr.eq(host.mem_w_addr[:g.act]),
                              ram.w_data.eq(host.mem_w_data),
                              ram.w_en.eq(Cat(*[host.mem_w_en & host_wsel] * cfg.lanes))]
-            with m.If((r_id == MemId.ACT) & (r_bank == j)):
-                m.d.comb += host.mem_r_data.eq(ram.r_data)
+            with m.If(host.mem_r_en):
+                m.d.sync += r_sel[len(host_rd)].eq(host_sel)
+            host_rd.append(Mux(r_sel[len(host_rd)], ram.r_data, 0))
+        m.d.comb += host.mem_r_data.eq(functools.reduce(operator.or_, host_rd))
         return m
 
 

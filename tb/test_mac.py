@@ -6,7 +6,9 @@ weights and activations, random bias / multiplier / shift / ReLU per group) with
 cases (largest products, ``shift = 0``, widest shift, ``mult = 0``, saturation both
 ways); a reset in mid-stream; and the steady state: >= 1000 back-to-back ops on one
 accumulator (``P = 1``, read-modify-write forwarding) at one op per cycle.  Expected
-values: exact accumulation in int64 and `golden.reference.requantize`.
+values: exact accumulation in int64 and `golden.reference.requantize`.  The lanes are
+built as in the accelerator: every multiply an instance of the registered multiplier
+``sd_mul`` (`hw.dsp`, generic Verilog text).
 """
 
 from __future__ import annotations
@@ -174,8 +176,16 @@ async def mac_steady_state_same_address(dut):
     assert tb.sink.cycles[-1] - sent[-1] == MacLanes.LATENCY
 
 
+def mac_with_dsp_modules(config):
+    """Verilog of the lanes as the accelerator builds them: every multiply an instance of
+    the registered multiplier ``sd_mul`` (`hw.dsp`), whose generic text is appended."""
+    from tb.harness import to_verilog
+    mac = MacLanes(config, dsp_instances=True)
+    return to_verilog(mac, "mac_lanes") + "\n" + "\n".join(mac.verilog_sources.values())
+
+
 @pytest.mark.sim
 @pytest.mark.parametrize("config_name", list(RTL_CONFIGS))
 def test_mac_rtl(config_name):
-    run_block(MacLanes, RTL_CONFIGS[config_name], test_module=__name__, name="mac_lanes",
-              timeout_s=400)
+    run_block(mac_with_dsp_modules, RTL_CONFIGS[config_name], test_module=__name__,
+              name="mac_lanes", timeout_s=400)
