@@ -34,7 +34,7 @@ from hw.controller import CtrlError
 from hw.decoder import SparseDecoder
 from hw.dense import DenseRowReader
 from hw.descriptor import FLAG_PRELOAD, descriptor_layout, geometry
-from hw.layouts import decoded_row_layout, weights_row_layout
+from hw.layouts import decoded_row_layout, quant_layout, weights_row_layout
 from hw.loaders import BasisLoader, QuantLoader, WordFeeder, basis_request_layout
 from hw.mac import MacLanes
 from hw.sequencer import RowAddress, RowSequencer, row_info_layout
@@ -43,8 +43,8 @@ from hw.writer import ResultWriter
 __all__ = ["LayerDatapath", "DENSE_WEIGHT_BITS", "dense_word_bits", "weight_word_bits"]
 
 #: Results that may be on their way to the writer FIFO when the sequencer sees its fill:
-#: the sequencer's 2 stages, `MacLanes.LATENCY`, the registered fill and one spare.
-CREDIT_SLACK = 2 + MacLanes.LATENCY + 3
+#: `RowSequencer.LATENCY`, `MacLanes.LATENCY`, the registered fill and one spare.
+CREDIT_SLACK = RowSequencer.LATENCY + MacLanes.LATENCY + 3
 
 #: Weight width of the dense int8 baseline.
 DENSE_WEIGHT_BITS = 8
@@ -135,9 +135,18 @@ class LayerDatapath(wiring.Component):
         m.submodules.seq = seq = RowSequencer(cfg, wbits)
         m.submodules.mac = mac = MacLanes(cfg, wbits)
         m.submodules.writer = writer = ResultWriter(cfg, self.result_fifo)
-        info_depth = self.row_fifo + ra.latency + 8
-        m.submodules.info_fifo = info_fifo = fifo.SyncFIFO(
+        # The row-address unit never stalls (its ``info.ready`` is tied high, so its 600
+        # stage registers need no enable): a row enters it only while the info FIFO's
+        # level, seen one cycle late, leaves room for every row in its pipeline.  The
+        # FIFO's output is registered (the sequencer's take decodes its ``valid``).
+        info_depth = self.row_fifo + 2 * ra.latency + 7      # inner FIFO 64 deep by default
+        # the level bounds the inner FIFO's; the rows it may still receive: those in the
+        # pipeline, the one entering and the level's lag (two spare)
+        info_room = info_depth - ra.latency - 4
+        m.submodules.info_fifo = info_fifo = fifo.SyncFIFOBuffered(
             width=row_info_layout(cfg).size, depth=info_depth)
+        info_ok = Signal()
+        m.d.sync += info_ok.eq(info_fifo.w_level <= info_room)
 
         for blk in (feeder, quant, ra):
             m.d.comb += blk.desc.eq(self.desc_w)
@@ -169,12 +178,18 @@ class LayerDatapath(wiring.Component):
                 width=decoded_row_layout(cfg).size, depth=self.row_fifo)
             m.submodules.req_fifo = qf = fifo.SyncFIFO(
                 width=basis_request_layout(cfg).size, depth=self.row_fifo + 4)
+            # Room flags of the fork's FIFOs from registers (level seen one cycle late,
+            # so one entry stays spare): the fork's ready runs back into the decoder
+            # and the weight feed, and a level comparison there cost two LUT levels.
+            rf_ok, qf_ok = Signal(), Signal()
+            m.d.sync += [rf_ok.eq(rf.w_level <= rf.depth - 2),
+                         qf_ok.eq(qf.w_level <= qf.depth - 2)]
             m.d.comb += [self.b_r_addr.eq(bl.r_addr), self.b_r_en.eq(bl.r_en),
                          bl.r_data.eq(self.b_r_data)]
             src = dec.rows
             need_req = src.payload.new_block
             all_ready = Signal()
-            m.d.comb += all_ready.eq(rf.w_rdy & ra.rows.ready & (qf.w_rdy | ~need_req))
+            m.d.comb += all_ready.eq(rf_ok & info_ok & (qf_ok | ~need_req))
             xfer = Signal()
             m.d.comb += [xfer.eq(src.valid & all_ready), src.ready.eq(all_ready),
                          rf.w_en.eq(xfer), rf.w_data.eq(src.payload),
@@ -221,12 +236,15 @@ class LayerDatapath(wiring.Component):
             basis_reads = bl.reads
         else:
             m.submodules.reader = rd = DenseRowReader(cfg, DENSE_WEIGHT_BITS)
-            m.submodules.weights_fifo = wf = fifo.SyncFIFO(
-                width=wl.size, depth=self.row_fifo)
+            # registered output: the sequencer's take decodes ``valid`` and ``first``
+            m.submodules.weights_fifo = wf = fifo.SyncFIFOBuffered(
+                width=wl.size, depth=self.row_fifo + 1)
             src = rd.rows
             all_ready = Signal()
             xfer = Signal()
-            m.d.comb += [all_ready.eq(wf.w_rdy & ra.rows.ready),
+            wf_ok = Signal()
+            m.d.sync += wf_ok.eq(wf.w_level <= wf.depth - 3)   # inner FIFO: depth - 1
+            m.d.comb += [all_ready.eq(wf_ok & info_ok),
                          xfer.eq(src.valid & all_ready), src.ready.eq(all_ready),
                          wf.w_en.eq(xfer), wf.w_data.eq(src.payload),
                          ra.rows.valid.eq(xfer), ra.rows.payload.row.eq(src.payload.row)]
@@ -245,14 +263,16 @@ class LayerDatapath(wiring.Component):
 
         # row address unit -> info FIFO -> sequencer
         m.d.comb += [info_fifo.w_en.eq(ra.info.valid), info_fifo.w_data.eq(ra.info.payload),
-                     ra.info.ready.eq(info_fifo.w_rdy),
+                     ra.info.ready.eq(1),
                      seq.info.valid.eq(info_fifo.r_rdy), seq.info.payload.eq(info_fifo.r_data),
                      info_fifo.r_en.eq(seq.info.ready)]
         if sd:
-            # Two-entry buffer: the sequencer's take (row end, pairing) no longer chains
-            # through the basis array's ready into the basis loader (the critical path
-            # of the first 25k run); two entries keep one row per cycle.
-            m.submodules.weights_buf = wb = fifo.SyncFIFO(width=wl.size, depth=2)
+            # Buffer with a registered output: the sequencer's take (row end, pairing)
+            # does not chain through the basis array's ready into the basis loader, and
+            # its ``valid`` / ``first`` come from registers (a LUT RAM read drove the
+            # quant bundle's 216 enables).  Three entries keep one row per cycle (the
+            # buffered FIFO's input side sees its own read one cycle late).
+            m.submodules.weights_buf = wb = fifo.SyncFIFOBuffered(width=wl.size, depth=3)
             wsrc_sig = Signal(wl)
             m.d.comb += [wb.w_data.eq(wsrc.payload), wb.w_en.eq(wsrc.valid),
                          wsrc.ready.eq(wb.w_rdy), wsrc_sig.eq(wb.r_data),
@@ -265,7 +285,15 @@ class LayerDatapath(wiring.Component):
                          wf.r_en.eq(seq.weights.ready)]
             rows_in = Signal()
             m.d.comb += rows_in.eq(wf.r_rdy & seq.weights.ready)
-        wiring.connect(m, quant.bundles, seq.quant)
+        # One-bundle register between the quant loader and the sequencer: the loader's
+        # payload enables see a registered ready, not the sequencer's take (a bundle
+        # takes ``lanes`` reads to form, so half rate is enough).
+        m.submodules.quant_buf = qb = fifo.SyncFIFOBuffered(
+            width=quant_layout(cfg).size, depth=1)
+        m.d.comb += [qb.w_en.eq(quant.bundles.valid), qb.w_data.eq(quant.bundles.payload),
+                     quant.bundles.ready.eq(qb.w_rdy),
+                     seq.quant.valid.eq(qb.r_rdy), seq.quant.payload.eq(qb.r_data),
+                     qb.r_en.eq(seq.quant.ready)]
         wiring.connect(m, seq.ops, mac.ops)
         m.d.comb += mac.quant.eq(seq.op_quant)
         # Results flow into the writer's FIFO without back-pressure; the sequencer holds

@@ -26,7 +26,7 @@ import numpy as np
 
 from hw.config import SDConfig
 from hw.mac import MacLanes
-from hw.sequencer import RowAddress
+from hw.sequencer import RowAddress, RowSequencer
 from hw.descriptor import (DESC_SLOT_WORDS, FIELDS, FLAG_PRELOAD, FLAG_RELU, FLAG_SCATTER,
                            act_bank_depth, encode_field)
 
@@ -159,11 +159,12 @@ def _vector_words(n: int, lanes: int, S: int) -> int:
 
 
 #: Cycles a layer's last op needs to reach the activation banks and hand over to the next
-#: layer: sequencer (bank read, select / rotate) 2 + `hw.mac.MacLanes.LATENCY` + writer
+#: layer: `hw.sequencer.RowSequencer.LATENCY` (bank read, read data registered, select /
+#: rotate) 3 + `hw.mac.MacLanes.LATENCY` + writer
 #: FIFO 1 + write 1 + the controller seeing the writer's done and starting the next
 #: layer 2.  Every layer pays it once (the activation side cannot overlap layers: the
 #: next layer reads what this one writes).
-ACTIVATION_FILL = 2 + MacLanes.LATENCY + 1 + 1 + 2
+ACTIVATION_FILL = RowSequencer.LATENCY + MacLanes.LATENCY + 1 + 1 + 2
 
 
 

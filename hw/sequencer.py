@@ -177,18 +177,29 @@ class RowSequencer(wiring.Component):
     op_quant : Out(quant_layout(config))
         The quant bundle of the op on ``ops`` (`MacLanes` samples it with the op).
     rd_addr : Out(ArrayLayout(act bank address, S)); rd_en : Out(1); rd_data : In
-        Read ports of the ``S`` activation banks (data one cycle after ``rd_en``).
+        Read ports of the ``S`` activation banks (data one cycle after ``rd_en``, held
+        while ``rd_en`` is low).
     hold : In(1)
         Issue no position this cycle (the datapath's credit for the result FIFO: with
-        it the MAC lanes never stall, so no ready chain runs back through them).
+        it the MAC lanes never stall, so no ready signal runs back through them).
 
     Notes
     -----
-    Latency 2 cycles from a position's address (stage A) to its op on ``ops`` (bank read,
-    then the lane select / rotate / zero-padding stage into the output register).  One op
-    per cycle while rows arrive in time: a row is taken in the cycle its predecessor issues
-    its final position, so ``P = 1`` layers run one row per cycle too.
+    Latency `LATENCY` = 3 cycles from a position's address (stage A) to its op on
+    ``ops``: the bank read, the read data registered (a block RAM's output arrives late in
+    the cycle), then the lane select / rotate / zero-padding stage into the output
+    register.  One op per cycle while rows arrive in time: a row is taken in the cycle its
+    predecessor issues its final position, so ``P = 1`` layers run one row per cycle too.
+
+    For the clock rate every choice between wide registers is made by registers: the
+    position walk carries look-ahead flags (``oxw``: the position ends its output line,
+    ``oyw``: its output column), so a step needs no comparison; the tile counter counts
+    down with registered "final" / "next is final" flags; ``t`` is compared with a
+    registered ``tile_size - 2``; and a registered ``end_row`` marks the layer's final row.
     """
+
+    #: Cycles from a position's issue to its op on ``ops``.
+    LATENCY = 3
 
     def __init__(self, config: SDConfig, weight_bits: int | None = None):
         self.config = config
@@ -215,6 +226,10 @@ class RowSequencer(wiring.Component):
         a = g.act + 2
         return {
             "b": unsigned(g.dim), "oy": unsigned(g.dim), "ox": unsigned(g.dim),
+            # look-ahead flags: ox == OUT_W - 1 (the next step wraps ox), oy == OUT_H - 1
+            "oxw": unsigned(1), "oyw": unsigned(1),
+            # ixm + STRIDE_M >= S: the ox step carries into the bank-word address
+            "cy": unsigned(1),
             "ixb": signed(g.dim + 2), "ixm": unsigned(g.s_bits), "iyb": signed(g.dim + 2),
             # bank-word address of the item (IN_BASE + b*IN_PITCH), of the window's
             # first line (+ iyb*IN_WQ) and of its first column (+ ixb // S); kept as
@@ -225,21 +240,23 @@ class RowSequencer(wiring.Component):
 
     def elaborate(self, platform):
         cfg, d = self.config, self.desc
-        S, L, ab = cfg.basis_size, cfg.lanes, cfg.act_bits
+        S, ab = cfg.basis_size, cfg.act_bits
         g = geometry(cfg)
         m = Module()
-        pf = self._pos_fields()
-        pos_layout = data.StructLayout(pf)
+        pos_layout = data.StructLayout(self._pos_fields())
         cur = Signal(pos_layout)
         snap = Signal(pos_layout)
         nxt = Signal(pos_layout)
         first_pos = Signal(pos_layout)
         t = Signal(range(cfg.acc_depth + 1))
-        tile = Signal(g.dim)
-        tile_size = Signal(g.tile)
-        t_last = Signal()           # t + 1 == tile_size
-        tile_last = Signal()        # tile + 1 == N_TILES
+        tiles_left = Signal(g.dim)      # tiles after the current one
+        size_m2 = Signal(signed(g.tile + 1))    # current tile size - 2
+        size1 = Signal()            # current tile size == 1
+        t_last = Signal()           # t + 1 == tile size
+        tile_last = Signal()        # the current tile is the layer's final one
+        next_last = Signal()        # the next tile is the layer's final one
         held_tile_end = Signal()    # held row: last row of the final group
+        end_row = Signal()          # held row: the layer's final row (tile_end & tile_last)
 
         wl = weights_row_layout(cfg, self.weight_bits)
         held_valid = Signal()
@@ -253,6 +270,8 @@ class RowSequencer(wiring.Component):
         # ---- first position of the layer ------------------------------------------
         m.d.comb += [
             first_pos.b.eq(0), first_pos.oy.eq(0), first_pos.ox.eq(0),
+            first_pos.oxw.eq(d.OUT_W == 1), first_pos.oyw.eq(d.OUT_H == 1),
+            first_pos.cy.eq(d.PAD_M + d.STRIDE_M >= S),
             first_pos.ixb.eq(d.NEG_PAD_X),
             first_pos.ixm.eq(d.PAD_M), first_pos.iyb.eq(d.NEG_PAD_Y),
             first_pos.ibase.eq(d.IN_BASE), first_pos.lbase.eq(d.IN_BASE + d.LINE0),
@@ -260,30 +279,48 @@ class RowSequencer(wiring.Component):
         ]
 
         # ---- next position (incremental, no multiplier) ------------------------------
-        # Sums of descriptor fields the line / item steps add, registered (the descriptor
-        # is stable while a layer runs and the first step comes cycles after its start).
+        # Descriptor sums and comparisons the steps use, registered (the descriptor is
+        # stable while a layer runs and the first step comes cycles after its start).
         a = g.act + g.dim + 2
         k_line, k_img, k_img_p = (Signal(signed(a), name=n) for n in
                                   ("k_line", "k_img", "k_img_p"))
+        w_m2, h_m2 = Signal(signed(g.dim + 1)), Signal(signed(g.dim + 1))
+        w1, h1 = Signal(), Signal()
+        tl_m2, lt_m2 = Signal(signed(g.tile + 1)), Signal(signed(g.tile + 1))
+        tl1, lt1 = Signal(), Signal()
+        sq, sq1 = Signal(g.dim + 1), Signal(g.dim + 1)
+        pad_cy = Signal()
         m.d.sync += [k_line.eq(d.LINE_STEP + d.PAD_Q), k_img.eq(d.IN_PITCH + d.LINE0),
-                     k_img_p.eq(d.IN_PITCH + d.LINE0 + d.PAD_Q)]
+                     k_img_p.eq(d.IN_PITCH + d.LINE0 + d.PAD_Q),
+                     w_m2.eq(d.OUT_W - 2), h_m2.eq(d.OUT_H - 2),
+                     w1.eq(d.OUT_W == 1), h1.eq(d.OUT_H == 1),
+                     tl_m2.eq(d.TILE - 2), lt_m2.eq(d.LAST_TILE - 2),
+                     tl1.eq(d.TILE == 1), lt1.eq(d.LAST_TILE == 1),
+                     sq.eq(d.STRIDE_Q), sq1.eq(d.STRIDE_Q + 1),
+                     pad_cy.eq(d.PAD_M + d.STRIDE_M >= S)]
         ixm_sum = Signal(unsigned(g.s_bits + 1))
-        carry = Signal()
-        m.d.comb += [ixm_sum.eq(cur.ixm + d.STRIDE_M), carry.eq(ixm_sum >= S),
+        ixm_next = Signal(unsigned(g.s_bits))
+        m.d.comb += [ixm_sum.eq(cur.ixm + d.STRIDE_M),
+                     ixm_next.eq(Mux(cur.cy, ixm_sum - S, ixm_sum)),
                      nxt.eq(cur)]
-        with m.If(cur.ox + 1 < d.OUT_W):
-            m.d.comb += [nxt.ox.eq(cur.ox + 1), nxt.ixb.eq(cur.ixb + d.STRIDE_X),
-                         nxt.pbase.eq(cur.pbase + d.STRIDE_Q + carry),
-                         nxt.ixm.eq(Mux(carry, ixm_sum - S, ixm_sum))]
+        # Below the line's end ox <= OUT_W - 2, so "ox == OUT_W - 2" is a magnitude
+        # comparison (one carry chain, not a tree of equality LUTs); likewise oy and t.
+        with m.If(~cur.oxw):
+            m.d.comb += [nxt.ox.eq(cur.ox + 1), nxt.oxw.eq(cur.ox >= w_m2),
+                         nxt.ixb.eq(cur.ixb + d.STRIDE_X),
+                         nxt.pbase.eq(cur.pbase + Mux(cur.cy, sq1, sq)),
+                         nxt.ixm.eq(ixm_next), nxt.cy.eq(ixm_next + d.STRIDE_M >= S)]
         with m.Else():
-            m.d.comb += [nxt.ox.eq(0), nxt.ixb.eq(d.NEG_PAD_X),
-                         nxt.ixm.eq(d.PAD_M)]
-            with m.If(cur.oy + 1 < d.OUT_H):
-                m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.iyb.eq(cur.iyb + d.STRIDE_Y),
+            m.d.comb += [nxt.ox.eq(0), nxt.oxw.eq(w1), nxt.ixb.eq(d.NEG_PAD_X),
+                         nxt.ixm.eq(d.PAD_M), nxt.cy.eq(pad_cy)]
+            with m.If(~cur.oyw):
+                m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.oyw.eq(cur.oy >= h_m2),
+                             nxt.iyb.eq(cur.iyb + d.STRIDE_Y),
                              nxt.lbase.eq(cur.lbase + d.LINE_STEP),
                              nxt.pbase.eq(cur.lbase + k_line)]
             with m.Else():
-                m.d.comb += [nxt.oy.eq(0), nxt.iyb.eq(d.NEG_PAD_Y), nxt.b.eq(cur.b + 1),
+                m.d.comb += [nxt.oy.eq(0), nxt.oyw.eq(h1), nxt.iyb.eq(d.NEG_PAD_Y),
+                             nxt.b.eq(cur.b + 1),
                              nxt.ibase.eq(cur.ibase + d.IN_PITCH),
                              nxt.lbase.eq(cur.ibase + k_img), nxt.pbase.eq(cur.ibase + k_img_p)]
 
@@ -294,7 +331,7 @@ class RowSequencer(wiring.Component):
         m.d.comb += [
             issue.eq(held_valid & adv & ~self.hold),
             # registered flags (short take path): t is the tile's final position; the
-            # held row is the tile's final row; the tile is the layer's final one
+            # held row is the tile's final row
             row_end.eq(t_last),
             tile_end.eq(held_tile_end),
         ]
@@ -312,65 +349,80 @@ class RowSequencer(wiring.Component):
             m.d.comb += valid_a[i].eq((iy >= 0) & (iy < d.IN_H)
                                       & (ixk + i >= 0) & (ixk + i < held_i.wlim))
 
-        # Stage B registers (the bank read is in flight)
-        b_valid = Signal()
-        b_mask = Signal(S)
-        b_rot = Signal(g.s_bits)
-        b_lane = Signal(cfg.lane_bits)
-        b_op = Signal(mac_op_layout(cfg, self.weight_bits))
-        b_q = Signal(quant_layout(cfg))
+        # Stage B registers (the bank read is in flight), stage C registers (the read
+        # data registered with them)
+        stage = {}
+        for s in ("b", "c"):
+            stage[s] = {"valid": Signal(name=f"{s}_valid"), "mask": Signal(S, name=f"{s}_mask"),
+                        "rot": Signal(g.s_bits, name=f"{s}_rot"),
+                        "lane": Signal(cfg.lane_bits, name=f"{s}_lane"),
+                        "op": Signal(mac_op_layout(cfg, self.weight_bits), name=f"{s}_op"),
+                        "q": Signal(quant_layout(cfg), name=f"{s}_q")}
+        sb, sc = stage["b"], stage["c"]
+        c_data = Signal.like(self.rd_data, name="c_data")
         with m.If(adv):
-            m.d.sync += b_valid.eq(issue)
+            m.d.sync += [sb["valid"].eq(issue), sc["valid"].eq(sb["valid"])]
             with m.If(issue):
                 m.d.sync += [
-                    b_mask.eq(valid_a), b_rot.eq(cur.ixm), b_lane.eq(held_i.lane),
-                    b_op.weights.eq(held_w.weights), b_op.addr.eq(t),
-                    b_op.first.eq(held_w.first), b_op.last.eq(held_w.last),
-                    b_q.eq(held_q),
+                    sb["mask"].eq(valid_a), sb["rot"].eq(cur.ixm), sb["lane"].eq(held_i.lane),
+                    sb["op"].weights.eq(held_w.weights), sb["op"].addr.eq(t),
+                    sb["op"].first.eq(held_w.first), sb["op"].last.eq(held_w.last),
+                    sb["q"].eq(held_q),
                 ]
+            with m.If(sb["valid"]):
+                m.d.sync += [sc[f].eq(sb[f]) for f in ("mask", "rot", "lane", "op", "q")]
+                m.d.sync += c_data.eq(self.rd_data)
 
-        # ---- stage B -> output register: lane select, rotate, zero padding ------------
+        # ---- stage C -> output register: lane select, rotate, zero padding ------------
         lane_val = []
         for j in range(S):
-            word = self.rd_data[j]
             v = Signal(signed(ab), name=f"bank{j}_val")
-            m.d.comb += v.eq(word.word_select(b_lane, ab))
+            m.d.comb += v.eq(c_data[j].word_select(sc["lane"], ab))
             lane_val.append(v)
         acts = Signal(data.ArrayLayout(signed(ab), S))
         for i in range(S):
             sel = Signal(signed(ab), name=f"act{i}_sel")
-            with m.Switch(b_rot):
+            with m.Switch(sc["rot"]):
                 for r in range(S):
                     with m.Case(r):
                         m.d.comb += sel.eq(lane_val[(r + i) % S])
-            m.d.comb += acts[i].eq(Mux(b_mask[i], sel, 0))
+            m.d.comb += acts[i].eq(Mux(sc["mask"][i], sel, 0))
         with m.If(adv):
-            m.d.sync += self.ops.valid.eq(b_valid)
-            with m.If(b_valid):
-                m.d.sync += [self.ops.payload.eq(b_op), self.ops.payload.acts.eq(acts),
-                             self.op_quant.eq(b_q)]
+            m.d.sync += self.ops.valid.eq(sc["valid"])
+            with m.If(sc["valid"]):
+                m.d.sync += [self.ops.payload.eq(sc["op"]), self.ops.payload.acts.eq(acts),
+                             self.op_quant.eq(sc["q"])]
 
         # ---- row hand-over -------------------------------------------------------------
         w_in, i_in, q_in = self.weights, self.info, self.quant
         pair = Signal()
         take = Signal()
+        free = Signal()
         # After the final position of the layer, rows of the next layer wait for its
         # layer_start (the writer must finish this layer before they read activations).
         finished = Signal()
         layer_end = Signal()
-        m.d.comb += layer_end.eq(issue & row_end & tile_end & tile_last)
+        tile_adv = Signal()
+        m.d.comb += [
+            layer_end.eq(issue & row_end & end_row),
+            tile_adv.eq(issue & row_end & tile_end),
+            # from registers, not through `issue` (it fans out to ~500 enables)
+            free.eq(~held_valid | (adv & ~self.hold & t_last & ~end_row)),
+        ]
         with m.If(layer_end):
             m.d.sync += finished.eq(1)
         m.d.comb += [
             pair.eq(w_in.valid & i_in.valid & (~w_in.payload.first | q_in.valid)),
-            take.eq(pair & ~finished & ~layer_end & (~held_valid | (issue & row_end))),
+            take.eq(pair & ~finished & free),
             w_in.ready.eq(take), i_in.ready.eq(take),
             q_in.ready.eq(take & w_in.payload.first),
         ]
+        w_tile_end = Signal()
+        m.d.comb += w_tile_end.eq(w_in.payload.last & (w_in.payload.group == d.N_GROUPS - 1))
         with m.If(take):
             m.d.sync += [held_w.eq(w_in.payload), held_i.eq(i_in.payload),
-                         held_tile_end.eq(w_in.payload.last
-                                          & (w_in.payload.group == d.N_GROUPS - 1))]
+                         held_tile_end.eq(w_tile_end),
+                         end_row.eq(w_tile_end & Mux(tile_adv, next_last, tile_last))]
             with m.If(w_in.payload.first):
                 m.d.sync += held_q.eq(q_in.payload)
         with m.Elif(issue & row_end):
@@ -383,19 +435,22 @@ class RowSequencer(wiring.Component):
             with m.If(row_end):
                 m.d.sync += t.eq(0)
                 with m.If(tile_end):
-                    new_size = Mux(tile + 2 == d.N_TILES, d.LAST_TILE, d.TILE)
-                    m.d.sync += [cur.eq(nxt), snap.eq(nxt), tile.eq(tile + 1),
-                                 tile_size.eq(new_size), t_last.eq(new_size == 1),
-                                 tile_last.eq(tile + 2 == d.N_TILES)]
+                    m.d.sync += [cur.eq(nxt), snap.eq(nxt), tiles_left.eq(tiles_left - 1),
+                                 tile_last.eq(next_last), next_last.eq(tiles_left == 2),
+                                 size_m2.eq(Mux(next_last, lt_m2, tl_m2)),
+                                 size1.eq(Mux(next_last, lt1, tl1)),
+                                 t_last.eq(Mux(next_last, lt1, tl1))]
                 with m.Else():
-                    m.d.sync += [cur.eq(snap), t_last.eq(tile_size == 1)]
+                    m.d.sync += [cur.eq(snap), t_last.eq(size1)]
             with m.Else():
-                m.d.sync += [t.eq(t + 1), cur.eq(nxt), t_last.eq(t + 2 == tile_size)]
+                m.d.sync += [t.eq(t + 1), cur.eq(nxt), t_last.eq(t >= size_m2)]
 
         with m.If(self.layer_start):
-            first_size = Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)
-            m.d.sync += [cur.eq(first_pos), snap.eq(first_pos), t.eq(0), tile.eq(0),
-                         tile_size.eq(first_size), t_last.eq(first_size == 1),
-                         tile_last.eq(d.N_TILES == 1),
-                         held_valid.eq(0), finished.eq(0)]
+            first_last = d.N_TILES == 1
+            first_size = Mux(first_last, d.LAST_TILE, d.TILE)
+            m.d.sync += [cur.eq(first_pos), snap.eq(first_pos), t.eq(0),
+                         tiles_left.eq(d.N_TILES - 1), tile_last.eq(first_last),
+                         next_last.eq(d.N_TILES == 2), size_m2.eq(first_size - 2),
+                         size1.eq(first_size == 1), t_last.eq(first_size == 1),
+                         held_valid.eq(0), finished.eq(0), end_row.eq(0)]
         return m
