@@ -77,13 +77,24 @@ class DenseRowReader(wiring.Component):
         cfg = self.config
         m = Module()
         running = Signal()
-        groups, rows_r = Signal(cfg.group_bits), Signal(cfg.row_bits)
+        # Position in the stream, with every compare the checks and tags need kept as a
+        # registered flag updated one row ahead (no `row == n_rows - 1` or
+        # `group == n_groups - 1` compare in front of the output register; timing).
+        rows_m1 = Signal(cfg.row_bits)        # n_rows - 1
+        rows_one = Signal()                   # n_rows == 1
+        groups = Signal(cfg.group_bits)       # groups after the current one
+        final_group = Signal()
         group, row = Signal(cfg.group_bits), Signal(cfg.row_bits)
+        left = Signal(cfg.row_bits)           # rows of the group after the current one
+        last_row = Signal()                   # left == 0
         block = Signal(cfg.block_bits)
         in_block = Signal(range(cfg.block_rows))   # row index inside its block
+        blk_first, blk_last = Signal(), Signal()   # in_block == 0 / == block_rows - 1
+        first_row = Signal()                  # row == 0
 
         out = self.rows
-        m.d.comb += self.busy.eq(running)
+        out_free = Signal()
+        m.d.comb += [out_free.eq(~out.valid | out.ready), self.busy.eq(running)]
         with m.If(out.ready):
             m.d.sync += out.valid.eq(0)
         m.d.sync += self.done.eq(0)
@@ -92,7 +103,7 @@ class DenseRowReader(wiring.Component):
         with m.If(self.start | bad_args):
             m.d.comb += self.words.ready.eq(0)
         with m.Elif(running):
-            m.d.comb += self.words.ready.eq(~out.valid | out.ready)
+            m.d.comb += self.words.ready.eq(out_free)
         with m.Else():
             m.d.comb += self.words.ready.eq(self.error)      # drain after an error
         take = Signal()
@@ -101,21 +112,34 @@ class DenseRowReader(wiring.Component):
         def fail(code):
             m.d.sync += [self.error.eq(1), self.error_code.eq(code), running.eq(0)]
 
-        last_row = Signal()
         final = Signal()
-        m.d.comb += [last_row.eq(row == rows_r - 1),
-                     final.eq(last_row & (group == groups - 1))]
+        m.d.comb += final.eq(last_row & final_group)
         word = self.words.payload
+        # The payload loads whenever the output register is free, word or not: only
+        # `valid` waits for a checked word, so the enable of the wide register is
+        # `out_free` alone.
+        p = out.payload
+        with m.If(out_free):
+            m.d.sync += [
+                p.row.eq(row), p.block.eq(block), p.group.eq(group),
+                p.new_block.eq(first_row | blk_first),
+                p.first.eq(first_row), p.last.eq(last_row), p.empty.eq(0),
+                p.weights.eq(word.data),
+            ]
         with m.If(self.start):
             m.d.sync += [self.error.eq(0), self.error_code.eq(DecodeError.NONE),
-                         groups.eq(self.n_groups), rows_r.eq(self.n_rows), group.eq(0),
-                         row.eq(0), block.eq(0), in_block.eq(0), running.eq(1),
+                         groups.eq(self.n_groups - 1), final_group.eq(self.n_groups == 1),
+                         rows_m1.eq(self.n_rows - 1), rows_one.eq(self.n_rows == 1),
+                         left.eq(self.n_rows - 1), last_row.eq(self.n_rows == 1),
+                         group.eq(0), row.eq(0), first_row.eq(1), block.eq(0),
+                         in_block.eq(0), blk_first.eq(1), blk_last.eq(cfg.block_rows == 1),
+                         running.eq(1),
                          bad_args.eq((self.n_groups == 0) | (self.n_rows == 0)
                                      | (self.n_rows > cfg.max_rows))]
         with m.Elif(bad_args):
             # Reported once a row of the previous stream has left: no valid row is ever
             # offered while `error` is high.
-            with m.If(~out.valid | out.ready):
+            with m.If(out_free):
                 m.d.sync += bad_args.eq(0)
                 fail(DecodeError.BAD_ARGS)
         with m.Elif(take):
@@ -124,22 +148,22 @@ class DenseRowReader(wiring.Component):
             with m.Elif(~word.last & final):
                 fail(DecodeError.MISSING_LAST)
             with m.Else():
-                p = out.payload
-                m.d.sync += [
-                    out.valid.eq(1),
-                    p.row.eq(row), p.block.eq(block), p.group.eq(group),
-                    p.new_block.eq((row == 0) | (in_block == 0)),
-                    p.first.eq(row == 0), p.last.eq(last_row), p.empty.eq(0),
-                    p.weights.eq(word.data),
-                ]
+                m.d.sync += out.valid.eq(1)
                 with m.If(last_row):
-                    m.d.sync += [row.eq(0), block.eq(0), in_block.eq(0), group.eq(group + 1)]
+                    m.d.sync += [row.eq(0), first_row.eq(1), left.eq(rows_m1),
+                                 last_row.eq(rows_one), block.eq(0), in_block.eq(0),
+                                 blk_first.eq(1), blk_last.eq(cfg.block_rows == 1),
+                                 group.eq(group + 1), groups.eq(groups - 1),
+                                 final_group.eq(groups == 1)]
                     with m.If(final):
                         m.d.sync += [running.eq(0), self.done.eq(1)]
                 with m.Else():
-                    m.d.sync += row.eq(row + 1)
-                    with m.If(in_block == cfg.block_rows - 1):
-                        m.d.sync += [in_block.eq(0), block.eq(block + 1)]
+                    m.d.sync += [row.eq(row + 1), first_row.eq(0), left.eq(left - 1),
+                                 last_row.eq(left == 1)]
+                    with m.If(blk_last):
+                        m.d.sync += [in_block.eq(0), block.eq(block + 1), blk_first.eq(1),
+                                     blk_last.eq(cfg.block_rows == 1)]
                     with m.Else():
-                        m.d.sync += in_block.eq(in_block + 1)
+                        m.d.sync += [in_block.eq(in_block + 1), blk_first.eq(0),
+                                     blk_last.eq(in_block == cfg.block_rows - 2)]
         return m
