@@ -172,9 +172,9 @@ def first_layer_fill(config: SDConfig) -> int:
     """Extra cycles of a run's first layer: its weight side starts with it (later layers'
     weight sides run ahead), so the first row waits for the Ce read and decode (4) and
     then for the later of the first basis preload (``lanes`` words) and its window facts
-    (`hw.sequencer.RowAddress` latency, then the info FIFO):
-    ``4 + max(lanes, latency + 1)``."""
-    return 4 + max(config.lanes, len(RowAddress.stages(config)) + 2)
+    (`hw.sequencer.RowAddress` latency, then the info FIFO with its registered output):
+    ``4 + max(lanes, latency + 2)``."""
+    return 4 + max(config.lanes, len(RowAddress.stages(config)) + 3)
 
 
 #: Cycles of a run outside its layers: START to the first layer (the first descriptor
