@@ -17,6 +17,13 @@ sets the number of layers and pulses ``start``.  The controller then, per layer:
 Activation buffers are ping-ponged by the descriptors themselves (each names its input
 and output bank addresses), so the next layer reads what the previous one wrote.
 
+Timing: every wide register bank (the two descriptors, ``layer_cycles``, ``err_count``,
+the descriptor shadow) loads under a registered strobe or one-hot enable, never under
+the decoded state or a datapath handshake: the state machine decides in one cycle and
+the load happens in the next (one cycle per layer start), and the descriptor RAM's read
+data is registered before it reaches the shadow.  ``progress`` and the watchdog compare
+are registered too, so a watchdog error comes two cycles after the limit is reached.
+
 Errors end the run: a decoder error (the `DecodeError` code), a result out of order
 (`CtrlError.WRITER_SYNC`), a descriptor the datapath cannot run (`BAD_DESCRIPTOR`),
 no progress for ``watchdog`` cycles (`WATCHDOG`).  The controller then pulses ``flush``
@@ -29,7 +36,7 @@ from __future__ import annotations
 
 import enum
 
-from amaranth import Module, Mux, Signal, Value
+from amaranth import Cat, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -121,54 +128,90 @@ class LayerController(wiring.Component):
         n_fields = len(FIELDS)
 
         # ---- descriptor prefetch engine: one RAM word per cycle into the shadow --------
+        # The RAM's read data (a block RAM output, late in the cycle) is registered
+        # before it is written into the shadow, and the field it belongs to travels as a
+        # registered one-hot enable: each shadow field loads a register under a register.
         pf_busy = Signal()
         pf_start = Signal()
         pf_layer = Signal(8)
         pf_idx = Signal(range(n_fields + 1))
-        pf_wr = Signal()
-        pf_wr_idx = Signal(range(n_fields))
+        rd_oh = Signal(n_fields)              # field of the word on desc_r_data
+        wr_oh = Signal(n_fields)              # field of the word in wr_data
+        rd_v, wr_v = Signal(), Signal()       # a word on desc_r_data / in wr_data
+        wr_data = Signal(32)
         m.d.comb += [self.desc_r_addr.eq(pf_layer * DESC_SLOT_WORDS + pf_idx),
                      self.desc_r_en.eq(pf_busy & (pf_idx < n_fields))]
-        m.d.sync += [pf_wr.eq(self.desc_r_en), pf_wr_idx.eq(pf_idx)]
+        m.d.sync += [rd_oh.eq(Cat(*[self.desc_r_en & (pf_idx == i)
+                                    for i in range(n_fields)])),
+                     wr_oh.eq(rd_oh), wr_data.eq(self.desc_r_data),
+                     rd_v.eq(self.desc_r_en), wr_v.eq(rd_v)]
         with m.If(pf_busy):
             with m.If(pf_idx < n_fields):
                 m.d.sync += pf_idx.eq(pf_idx + 1)
-            with m.Elif(~pf_wr):
+            with m.Elif(~rd_v & ~wr_v):
                 m.d.sync += pf_busy.eq(0)
-        with m.If(pf_wr):
-            with m.Switch(pf_wr_idx):
-                for i, (name, sgn, _) in enumerate(FIELDS):
-                    field = getattr(shadow, name)
-                    with m.Case(i):
-                        m.d.sync += field.eq(self.desc_r_data[:len(Value.cast(field))])
+        for i, (name, _, _) in enumerate(FIELDS):
+            field = getattr(shadow, name)
+            with m.If(wr_oh[i]):
+                m.d.sync += field.eq(wr_data[:len(Value.cast(field))])
         with m.If(pf_start):
             m.d.sync += [pf_busy.eq(1), pf_idx.eq(0)]
+        # Checked one cycle after the shadow changes: the fetch ends (pf_busy low) at
+        # least a cycle after its last write.
+        bad_desc = Signal()
+        m.d.sync += bad_desc.eq((shadow.N_GROUPS == 0) | (shadow.N_ROWS == 0)
+                                | (shadow.TILE == 0) | (shadow.N_TILES == 0)
+                                | (shadow.LAST_TILE == 0))
+
+        # ---- registered strobes: every wide load is enabled by a flip-flop ------------
+        # The run state machine decides in one cycle, the descriptors (hundreds of
+        # flip-flops), the layer's cycle count and the counters change in the next.
+        ld_w = Signal()          # desc_w <- shadow, w_start
+        ld_a_shadow = Signal()   # desc_a <- shadow, a_start
+        ld_a_w = Signal()        # desc_a <- desc_w, a_start
+        rec = Signal()           # layer_cycles[rec_layer] <- lc
+        lc = Signal(32)          # cycles of the running layer
+        rec_layer = Signal(8)
+        err_inc = Signal()
+        m.d.sync += [ld_w.eq(0), ld_a_shadow.eq(0), ld_a_w.eq(0), rec.eq(0),
+                     err_inc.eq(0), self.flush.eq(0)]
+        m.d.sync += [self.w_start.eq(ld_w), self.a_start.eq(ld_a_shadow | ld_a_w)]
+        with m.If(ld_w):
+            m.d.sync += self.desc_w.eq(shadow)
+        with m.If(ld_a_shadow | ld_a_w):
+            m.d.sync += self.desc_a.eq(Mux(ld_a_shadow, shadow, self.desc_w))
+        with m.If(rec):
+            with m.Switch(rec_layer):
+                for i in range(self.max_layers):
+                    with m.Case(i):
+                        m.d.sync += self.layer_cycles[i].eq(lc)
+        with m.If(err_inc):
+            m.d.sync += self.err_count.eq(self.err_count + 1)
 
         # ---- run state machine -------------------------------------------------------------
-        lc = Signal(32)                       # cycles of the running layer
         wd = Signal(32)                       # cycles since the last progress
+        progress = Signal()                   # registered: the datapath's is a deep path
+        wd_hit = Signal()                     # registered watchdog compare
         w_layer = Signal(8)          # layer the weight side works on
-        m.d.sync += [self.w_start.eq(0), self.a_start.eq(0), self.flush.eq(0)]
+        last_layer = Signal()        # layer + 1 == n_layers
+        m.d.sync += [progress.eq(self.progress),
+                     wd_hit.eq((self.watchdog != 0) & (wd >= self.watchdog))]
 
         def fail(code):
             # Decoder errors (codes below 0x10) belong to the weight side's layer.
             m.d.sync += [self.error.eq(1), self.error_code.eq(code),
                          self.error_layer.eq(Mux(code < 0x10, w_layer, self.layer)),
-                         self.flush.eq(1),
-                         self.busy.eq(0), self.err_count.eq(self.err_count + 1)]
+                         self.flush.eq(1), self.busy.eq(0), err_inc.eq(1)]
             m.next = "IDLE"
 
+        # lc counts the cycles of the running layer from its a_start (0 there).
         with m.If(self.busy):
-            m.d.sync += [self.cycles.eq(self.cycles + 1), lc.eq(lc + 1)]
-            with m.If(self.progress):
+            m.d.sync += [self.cycles.eq(self.cycles + 1),
+                         lc.eq(Mux(ld_a_shadow | ld_a_w, 0, lc + 1))]
+            with m.If(progress):
                 m.d.sync += wd.eq(0)
             with m.Else():
                 m.d.sync += wd.eq(wd + 1)
-
-        bad_desc = Signal()
-        m.d.comb += bad_desc.eq((shadow.N_GROUPS == 0) | (shadow.N_ROWS == 0)
-                                | (shadow.TILE == 0) | (shadow.N_TILES == 0)
-                                | (shadow.LAST_TILE == 0))
 
         def prefetch(layer):
             with m.If(layer < self.n_layers):
@@ -177,7 +220,8 @@ class LayerController(wiring.Component):
 
         def on_abort():
             m.d.sync += [self.busy.eq(0), self.done.eq(0), self.error.eq(0),
-                         self.error_code.eq(0), self.flush.eq(1), pf_busy.eq(0)]
+                         self.error_code.eq(0), self.flush.eq(1), pf_busy.eq(0),
+                         ld_w.eq(0), ld_a_shadow.eq(0), ld_a_w.eq(0)]
             m.next = "IDLE"
 
         with m.FSM():
@@ -187,6 +231,7 @@ class LayerController(wiring.Component):
                 with m.Elif(self.start):
                     m.d.sync += [self.done.eq(0), self.error.eq(0), self.error_code.eq(0),
                                  self.error_layer.eq(0), self.layer.eq(0),
+                                 last_layer.eq(self.n_layers == 1),
                                  self.cycles.eq(0), wd.eq(0)]
                     with m.If((self.n_layers == 0) | (self.n_layers > self.max_layers)):
                         fail(CtrlError.NO_LAYERS)
@@ -206,9 +251,8 @@ class LayerController(wiring.Component):
                 with m.Elif(bad_desc):
                     fail(CtrlError.BAD_DESCRIPTOR)
                 with m.Else():
-                    m.d.sync += [self.desc_w.eq(shadow), self.desc_a.eq(shadow), lc.eq(0),
-                                 wd.eq(0), self.w_start.eq(1), self.a_start.eq(1),
-                                 w_layer.eq(self.layer)]
+                    m.d.sync += [ld_w.eq(1), ld_a_shadow.eq(1), w_layer.eq(self.layer),
+                                 wd.eq(0), wd_hit.eq(0)]
                     prefetch(self.layer + 1)
                     m.next = "RUN"
             with m.State("RUN"):
@@ -216,27 +260,24 @@ class LayerController(wiring.Component):
                     on_abort()
                 with m.Elif(self.dp_error):
                     fail(self.dp_error_code)
-                with m.Elif((self.watchdog != 0) & (wd >= self.watchdog)):
+                with m.Elif(wd_hit):
                     fail(CtrlError.WATCHDOG)
                 with m.Elif(self.layer_done):
-                    with m.Switch(self.layer):
-                        for i in range(self.max_layers):
-                            with m.Case(i):
-                                m.d.sync += self.layer_cycles[i].eq(lc + 1)
-                    with m.If(self.layer + 1 == self.n_layers):
+                    m.d.sync += [rec.eq(1), rec_layer.eq(self.layer)]
+                    with m.If(last_layer):
                         m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                         m.next = "IDLE"
-                    with m.Elif(w_layer == self.layer + 1):
-                        # the weight side is already on the next layer
-                        m.d.sync += [self.desc_a.eq(self.desc_w), self.a_start.eq(1),
-                                     self.layer.eq(self.layer + 1), lc.eq(0)]
                     with m.Else():
-                        m.d.sync += self.layer.eq(self.layer + 1)
-                        m.next = "FETCH"
-                with m.Elif((w_layer == self.layer) & (self.layer + 1 < self.n_layers)
-                            & self.w_idle & ~self.w_start & ~pf_busy & ~bad_desc):
+                        m.d.sync += [self.layer.eq(self.layer + 1),
+                                     last_layer.eq(self.layer + 2 == self.n_layers)]
+                        with m.If(w_layer == self.layer + 1):
+                            # the weight side is already on the next layer
+                            m.d.sync += ld_a_w.eq(1)
+                        with m.Else():
+                            m.next = "FETCH"
+                with m.Elif((w_layer == self.layer) & ~last_layer & self.w_idle
+                            & ~ld_w & ~self.w_start & ~pf_busy & ~bad_desc):
                     # weight side done with this layer: start it on the next one
-                    m.d.sync += [self.desc_w.eq(shadow), self.w_start.eq(1),
-                                 w_layer.eq(self.layer + 1)]
+                    m.d.sync += [ld_w.eq(1), w_layer.eq(self.layer + 1)]
                     prefetch(self.layer + 2)
         return m

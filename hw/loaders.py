@@ -9,7 +9,10 @@ safe) and know from the descriptor which words a layer needs:
   where a row has ``new_block``), the ``lanes`` basis words into the basis array's
   shadow bank.
 * `QuantLoader` — per (tile, group) the ``lanes`` quant words as one bundle for the
-  sequencer; lanes beyond ``COUT`` get zeros.
+  sequencer; lanes beyond ``COUT`` get zeros.  A bundle is collected in a register and
+  moves to the output register in the cycle after its final word, when that one is
+  empty (a bundle taken in back-to-back cycles costs one bubble: at most one cycle per
+  group, never per row).
 """
 
 from __future__ import annotations
@@ -193,8 +196,9 @@ class QuantLoader(wiring.Component):
         g = geometry(cfg)
         L = cfg.lanes
         m = Module()
-        m.submodules.rs = rs = ReadStreamer(g.quant, cfg.quant_word_bits,
-                                            unsigned(cfg.lane_bits))
+        # Each word carries its lane and whether it is the bundle's final read.
+        tag = data.StructLayout({"lane": unsigned(cfg.lane_bits), "last": 1})
+        m.submodules.rs = rs = ReadStreamer(g.quant, cfg.quant_word_bits, tag)
         m.d.comb += [self.r_addr.eq(rs.r_addr), self.r_en.eq(rs.r_en),
                      rs.r_data.eq(self.r_data), self.reads.eq(rs.count)]
         active = Signal()
@@ -202,45 +206,20 @@ class QuantLoader(wiring.Component):
         tile = Signal(g.dim)
         lane = Signal(range(L + 1))
         chan = Signal(range(cfg.quant_depth + L + 1))      # group * lanes + lane
-        # issue side: only channels < COUT are read; the rest are filled with zeros
+        # Issue side: the channels < COUT of one bundle (every group has at least one:
+        # N_GROUPS = ceil(COUT / lanes)); the lanes above are zero-filled.  The next
+        # bundle is issued once this one has moved to `bundles`.
         pending = Signal()                      # issue of this bundle finished
-        m.d.comb += [rs.req.valid.eq(active & ~pending & (chan < d.COUT)),
+        zero_from = Signal(range(L + 1))        # first lane that is zero-filled
+        last_word = Signal()
+        m.d.comb += [last_word.eq((lane == L - 1) | (chan + 1 >= d.COUT)),
+                     rs.req.valid.eq(active & ~pending),
                      rs.req.payload.addr.eq(d.QUANT_BASE + chan),
-                     rs.req.payload.tag.eq(lane)]
-        step = Signal()
-        m.d.comb += step.eq(active & ~pending & ((chan >= d.COUT) | rs.req.ready))
-        # collect side: words arrive in lane order
-        bundle = Signal(data.ArrayLayout(lane_quant_layout(cfg), L))
-        filled = Signal(range(L + 1))          # lanes of the bundle collected so far
-        zero_from = Signal(range(L + 1))       # first lane that is zero-filled
-        out = self.bundles
-        m.d.comb += rs.resp.ready.eq(1)     # only words of the pending bundle are in flight
-        with m.If(out.valid & out.ready):
-            m.d.sync += out.valid.eq(0)
-        with m.If(rs.resp.valid & rs.resp.ready):
-            m.d.sync += bundle[rs.resp.payload.tag].as_value().eq(rs.resp.payload.data)
-        # A bundle is complete when every lane below COUT has arrived.
-        got = Signal(range(L + 1))
-        m.d.comb += got.eq(filled + (rs.resp.valid & rs.resp.ready))
-        with m.If(pending & (got >= zero_from) & (~out.valid | out.ready)):
-            m.d.sync += [out.valid.eq(1), out.payload.relu.eq((d.FLAGS & FLAG_RELU) != 0),
-                         filled.eq(0), pending.eq(0)]
-            for l in range(L):
-                m.d.sync += out.payload.lanes[l].as_value().eq(
-                    Mux(l < zero_from, bundle[l].as_value(), 0))
-            # the word arriving in this very cycle belongs to the finished bundle
-            with m.If(rs.resp.valid & rs.resp.ready):
-                m.d.sync += out.payload.lanes[rs.resp.payload.tag].as_value().eq(
-                    rs.resp.payload.data)
-        with m.Elif(rs.resp.valid & rs.resp.ready):
-            m.d.sync += filled.eq(filled + 1)
-
-        with m.If(step):
-            with m.If(lane == L - 1):
-                m.d.sync += [lane.eq(0), pending.eq(1),
-                             zero_from.eq(Mux(chan < d.COUT, L,
-                                              Mux(d.COUT > chan - lane, d.COUT - (chan - lane),
-                                                  0)))]
+                     rs.req.payload.tag.lane.eq(lane),
+                     rs.req.payload.tag.last.eq(last_word)]
+        with m.If(rs.req.valid & rs.req.ready):
+            with m.If(last_word):
+                m.d.sync += [lane.eq(0), pending.eq(1), zero_from.eq(lane + 1)]
                 with m.If(group + 1 == d.N_GROUPS):
                     m.d.sync += [group.eq(0), chan.eq(0)]
                     with m.If(tile + 1 == d.N_TILES):
@@ -251,9 +230,32 @@ class QuantLoader(wiring.Component):
                     m.d.sync += [group.eq(group + 1), chan.eq(chan + 1)]
             with m.Else():
                 m.d.sync += [lane.eq(lane + 1), chan.eq(chan + 1)]
+
+        # Collect side: every enable below is a function of registers only (the
+        # streamer's outputs are flip-flops), so the wide bundle registers never wait
+        # on the sequencer's ready: a full bundle moves to `bundles` in the cycle after
+        # its final word, once `bundles` is empty.
+        bundle = Signal(data.ArrayLayout(lane_quant_layout(cfg), L))
+        full = Signal()                         # every read lane of `bundle` arrived
+        resp, out = rs.resp, self.bundles
+        m.d.comb += resp.ready.eq(1)     # only words of the pending bundle are in flight
+        for l in range(L):
+            with m.If(resp.valid & (resp.payload.tag.lane == l)):
+                m.d.sync += bundle[l].as_value().eq(resp.payload.data)
+        with m.If(resp.valid & resp.payload.tag.last):
+            m.d.sync += full.eq(1)
+        with m.If(out.valid & out.ready):
+            m.d.sync += out.valid.eq(0)
+        with m.If(full & ~out.valid):
+            m.d.sync += [out.valid.eq(1), out.payload.relu.eq((d.FLAGS & FLAG_RELU) != 0),
+                         full.eq(0), pending.eq(0)]
+            for l in range(L):
+                m.d.sync += out.payload.lanes[l].as_value().eq(
+                    Mux(l < zero_from, bundle[l].as_value(), 0))
+
         m.d.comb += self.idle.eq(~active & ~pending & ~self.layer_start)
         # The previous layer's last bundle may still wait in `out`: it is kept.
         with m.If(self.layer_start):
             m.d.sync += [active.eq(1), group.eq(0), tile.eq(0), lane.eq(0), chan.eq(0),
-                         filled.eq(0), pending.eq(0)]
+                         full.eq(0), pending.eq(0)]
         return m
