@@ -173,12 +173,23 @@ class ResultWriter(wiring.Component):
         # tile1 / last1 / nl1: TILE == 1, LAST_TILE == 1, the first group has one channel
         tile_nlast, ts1, lane_last, tile1, last1, nl1 = (
             Signal(name=n) for n in ("tile_nlast", "ts1", "lane_last", "tile1", "last1", "nl1"))
+        # the ends as equality compares with per-layer constants (N_TILES - 3, TILE - 2,
+        # LAST_TILE - 2; wrapped values never match) instead of adds and compares
+        ntw = len(d.N_TILES) + 1
+        nt3 = Signal(ntw)
+        ts2, tile_m2, last_m2 = (Signal(g.tile + 1, name=n) for n in ("ts2", "tile_m2", "last_m2"))
 
         def lanes_from(c):
             left = d.COUT - c
             return Mux(left < L, left, L)
+        # The FIFO's "not empty" kept as a flip-flop (equal to buf.r_rdy, which is a
+        # compare of its level): `finish` enables every counter of the writer, so it is
+        # one LUT after registers.
+        nonempty = Signal()
+        pushed, popped = buf.w_en & buf.w_rdy, buf.r_en & buf.r_rdy
+        m.d.sync += nonempty.eq(pushed | (buf.level >= 2) | ((buf.level == 1) & ~popped))
         have = Signal()
-        m.d.comb += have.eq(buf.r_rdy & running)
+        m.d.comb += have.eq(nonempty & running)
         finish = Signal()                     # the result at the FIFO head is complete
         m.d.comb += finish.eq(have & (~scatter | lane_last))
         m.d.comb += [buf.r_en.eq(finish), self.writes.eq(have)]
@@ -222,7 +233,8 @@ class ResultWriter(wiring.Component):
                     new_size = Mux(tile_nlast, d.LAST_TILE, d.TILE)
                     new_1 = Mux(tile_nlast, last1, tile1)
                     m.d.sync += [t_last.eq(new_1), ts1.eq(new_1), grp_last.eq(d.N_GROUPS == 1),
-                                 tile_last.eq(tile_nlast), tile_nlast.eq(tile + 3 == d.N_TILES),
+                                 tile_last.eq(tile_nlast), tile_nlast.eq(tile == nt3),
+                                 ts2.eq(Mux(tile_nlast, last_m2, tile_m2)),
                                  n_lanes.eq(lanes_from(0)), lane_last.eq(nl1)]
                     m.d.sync += [group.eq(0), grp_off.eq(0), cbase.eq(0),
                                  gb.eq(0), pm.eq(pm_next), pm_snap.eq(pm_next),
@@ -242,15 +254,19 @@ class ResultWriter(wiring.Component):
             with m.Else():
                 m.d.sync += [t.eq(t + 1), cur.eq(nxt), pm.eq(pm_next), f0.eq(f0_next),
                              fcur.eq(f0_next),
-                             t_last.eq(t + 2 == tile_size)]
+                             t_last.eq(t == ts2)]
 
         with m.If(self.layer_start):
             first_size = Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)
+            first_1 = Mux(d.N_TILES == 1, d.LAST_TILE == 1, d.TILE == 1)
             m.d.sync += [cur.eq(0), snap.eq(0), t.eq(0), tile.eq(0), group.eq(0),
                          grp_off.eq(0), cbase.eq(0), lidx.eq(0), f0.eq(0), fcur.eq(0),
                          fsnap.eq(0), gb.eq(0), pm.eq(0), pm_snap.eq(0),
-                         tile_size.eq(first_size), t_last.eq(first_size == 1),
-                         ts1.eq(first_size == 1), tile1.eq(d.TILE == 1),
+                         tile_size.eq(first_size), t_last.eq(first_1), ts1.eq(first_1),
+                         ts2.eq(Mux(d.N_TILES == 1, d.LAST_TILE - 2, d.TILE - 2)),
+                         tile_m2.eq(d.TILE - 2), last_m2.eq(d.LAST_TILE - 2),
+                         nt3.eq(d.N_TILES - 3),
+                         tile1.eq(d.TILE == 1),
                          last1.eq(d.LAST_TILE == 1), tile_nlast.eq(d.N_TILES == 2),
                          grp_last.eq(d.N_GROUPS == 1), tile_last.eq(d.N_TILES == 1),
                          n_lanes.eq(lanes_from(0)), nl1.eq(lanes_from(0) <= 1),
