@@ -167,19 +167,21 @@ class LayerController(wiring.Component):
         # The run state machine decides in one cycle, the descriptors (hundreds of
         # flip-flops), the layer's cycle count and the counters change in the next.
         ld_w = Signal()          # desc_w <- shadow, w_start
-        ld_a_shadow = Signal()   # desc_a <- shadow, a_start
+        ld_a_next = Signal()     # ld_a_w in the next cycle (after a launch's ld_w)
         ld_a_w = Signal()        # desc_a <- desc_w, a_start
         rec = Signal()           # layer_cycles[rec_layer] <- lc
         lc = Signal(32)          # cycles of the running layer
         rec_layer = Signal(8)
         err_inc = Signal()
-        m.d.sync += [ld_w.eq(0), ld_a_shadow.eq(0), ld_a_w.eq(0), rec.eq(0),
+        # desc_a is only ever loaded from desc_w (a launch loads desc_w first), so
+        # neither descriptor has a multiplexer in front of it.
+        m.d.sync += [ld_w.eq(0), ld_a_next.eq(0), ld_a_w.eq(ld_a_next), rec.eq(0),
                      err_inc.eq(0), self.flush.eq(0)]
-        m.d.sync += [self.w_start.eq(ld_w), self.a_start.eq(ld_a_shadow | ld_a_w)]
+        m.d.sync += [self.w_start.eq(ld_w), self.a_start.eq(ld_a_w)]
         with m.If(ld_w):
             m.d.sync += self.desc_w.eq(shadow)
-        with m.If(ld_a_shadow | ld_a_w):
-            m.d.sync += self.desc_a.eq(Mux(ld_a_shadow, shadow, self.desc_w))
+        with m.If(ld_a_w):
+            m.d.sync += self.desc_a.eq(self.desc_w)
         with m.If(rec):
             with m.Switch(rec_layer):
                 for i in range(self.max_layers):
@@ -207,7 +209,7 @@ class LayerController(wiring.Component):
         # lc counts the cycles of the running layer from its a_start (0 there).
         with m.If(self.busy):
             m.d.sync += [self.cycles.eq(self.cycles + 1),
-                         lc.eq(Mux(ld_a_shadow | ld_a_w, 0, lc + 1))]
+                         lc.eq(Mux(ld_a_w, 0, lc + 1))]
             with m.If(progress):
                 m.d.sync += wd.eq(0)
             with m.Else():
@@ -221,7 +223,7 @@ class LayerController(wiring.Component):
         def on_abort():
             m.d.sync += [self.busy.eq(0), self.done.eq(0), self.error.eq(0),
                          self.error_code.eq(0), self.flush.eq(1), pf_busy.eq(0),
-                         ld_w.eq(0), ld_a_shadow.eq(0), ld_a_w.eq(0)]
+                         ld_w.eq(0), ld_a_next.eq(0), ld_a_w.eq(0)]
             m.next = "IDLE"
 
         with m.FSM():
@@ -251,7 +253,7 @@ class LayerController(wiring.Component):
                 with m.Elif(bad_desc):
                     fail(CtrlError.BAD_DESCRIPTOR)
                 with m.Else():
-                    m.d.sync += [ld_w.eq(1), ld_a_shadow.eq(1), w_layer.eq(self.layer),
+                    m.d.sync += [ld_w.eq(1), ld_a_next.eq(1), w_layer.eq(self.layer),
                                  wd.eq(0), wd_hit.eq(0)]
                     prefetch(self.layer + 1)
                     m.next = "RUN"
