@@ -61,7 +61,7 @@ class BasisArray(wiring.Component):
     rows : In(stream.Signature(decoded_row_layout(config)))
         Decoded coefficient rows.  A row with ``new_block`` copies the shadow bank into
         the *current* basis (the shadow is then free for the next block); such a row
-        waits (``rows.ready`` low) until the shadow bank is full.  Rows without
+        waits in the input buffer until the shadow bank is full.  Rows without
         ``new_block`` use the current basis.
     weights : Out(stream.Signature(weights_row_layout(config)))
         The row's tag fields unchanged plus ``weights[l][i]``, signed
@@ -69,19 +69,22 @@ class BasisArray(wiring.Component):
 
     Notes
     -----
-    Latency `latency` (config) cycles, 6 for the default preset: a row transferred on
+    Latency `latency` (config) cycles, 7 for the default preset: a row transferred on
     ``rows`` in cycle ``n`` is presented on ``weights`` from cycle ``n + latency``.
-    Stage 0 registers the row and, on ``new_block``, copies shadow to current, so the
-    shifters read only registers (no bank select or handshake in front of them); then
-    one stage per shifter mux level (3 for ``max_shift`` 4 ... 7) and one per adder-tree
-    level (2 for ``S * terms == 3``), the last of which is the output register.
-    Throughput one row per cycle: all stages advance together whenever the output
-    register is empty or being read (``rows.ready`` depends combinationally
-    on ``weights.ready`` and on ``rows.payload.new_block``; ``basis.ready`` on the row
-    handshake).  A bank swap costs no bubble if the shadow bank was loaded in time: with
-    one basis word per cycle that holds whenever every block has at least ``lanes``
-    rows.  The copy happens on the clock edge that accepts the row, so the shadow bank
-    takes the next block's first word from the cycle of the swap on.
+    A two-slot input buffer takes the row (``rows.ready`` is a register: it is low only
+    while both slots are full), so the take, the bank swap and the enables of the
+    ``current`` bank decode flip-flops, not the row source's read data.  Stage 0
+    registers the row taken from the buffer and, on ``new_block``, copies shadow to
+    current, so the shifters read only registers (no bank select or handshake in front
+    of them); then one stage per shifter mux level (3 for ``max_shift`` 4 ... 7) and one
+    per adder-tree level (2 for ``S * terms == 3``), the last of which is the output
+    register.  Throughput one row per cycle: all stages advance together whenever the
+    output register is empty or being read; a row with ``new_block`` waits in the buffer
+    until the shadow bank is full (``basis.ready`` depends on that take).  A bank swap
+    costs no bubble if the shadow bank was loaded in time: with one basis word per cycle
+    that holds whenever every block has at least ``lanes`` rows.  The copy happens on
+    the clock edge that takes the row, so the shadow bank takes the next block's first
+    word from the cycle of the swap on.
     """
 
 
@@ -113,18 +116,40 @@ class BasisArray(wiring.Component):
         current = [Signal(entry, name=f"current_l{l}") for l in range(L)]
         shadow_full = Signal()
 
+        # --- input buffer: two registered slots ---------------------------------------
+        # A row is taken into one of two slots whenever one is free (`rows.ready` is a
+        # register), so the swap decision below (the row's `new_block`, the shadow
+        # state, `advance`) reads flip-flops only, not the row source's read data; the
+        # enable of the `current` bank (all its bits) stays a short function.
+        mem = [Signal(decoded_row_layout(cfg), name=f"in{k}") for k in range(2)]
+        wptr, rptr = Signal(), Signal()
+        count = Signal(range(3))
+        nonempty, full = Signal(), Signal()       # registered views of `count`
+        push = Signal()
+        m.d.comb += [self.rows.ready.eq(~full), push.eq(self.rows.valid & ~full)]
+        for k in range(2):
+            with m.If(push & (wptr == k)):
+                m.d.sync += mem[k].eq(self.rows.payload)
+        with m.If(push):
+            m.d.sync += wptr.eq(~wptr)
+        row = Signal(decoded_row_layout(cfg))
+        m.d.comb += row.eq(Mux(rptr, mem[1], mem[0]))
+
         # --- pipeline control: every stage advances together, stalled only by a full
-        # output register (so `rows.ready` needs no per-stage bookkeeping) -------------
+        # output register (so the take needs no per-stage bookkeeping) -----------------
         advance = Signal()
         m.d.comb += advance.eq(~self.weights.valid | self.weights.ready)
-        row = self.rows.payload
         take = Signal()
         swap = Signal()
         m.d.comb += [
-            self.rows.ready.eq(advance & (~row.new_block | shadow_full)),
-            take.eq(self.rows.valid & self.rows.ready),
+            take.eq(nonempty & advance & (~row.new_block | shadow_full)),
             swap.eq(take & row.new_block),
         ]
+        nxt = Signal(range(3))
+        m.d.comb += nxt.eq(count + push - take)
+        m.d.sync += [count.eq(nxt), nonempty.eq(nxt != 0), full.eq(nxt == 2)]
+        with m.If(take):
+            m.d.sync += rptr.eq(~rptr)
 
         # --- shadow fill ------------------------------------------------------------------
         # The copy into `current` happens on the swap's clock edge, so the shadow may
@@ -145,8 +170,8 @@ class BasisArray(wiring.Component):
         with m.Elif(filled):
             m.d.sync += shadow_full.eq(1)
 
-        # --- stage 0: the accepted row --------------------------------------------------
-        # Registers load on `advance` whether or not a transfer is valid: the valid bits
+        # --- stage 0: the taken row -----------------------------------------------------
+        # Registers load on `advance` whether or not a row is taken: the valid bits
         # say what counts, and a flip-flop enable is free where a data mux is not.
         row0 = Signal(decoded_row_layout(cfg))
         valid0 = Signal()
@@ -247,5 +272,5 @@ class BasisArray(wiring.Component):
     def latency(cls, config: SDConfig) -> int:
         """Cycles from a row's transfer on ``rows`` to its weights on ``weights``."""
         n_terms = config.basis_size * config.terms
-        return (1 + max(1, len(shift_levels(config.max_shift)))
+        return (2 + max(1, len(shift_levels(config.max_shift)))
                 + carry_levels(n_terms, n_terms))
