@@ -328,6 +328,7 @@ class HostInterface(wiring.Component):
         addr = Signal(24)
         count = Signal(32)
         hdr_last = Signal()                           # tlast of beat 1
+        over = Signal()                               # addr + count beyond the memory
         beat = Signal(range(max_beats + 1))
         word = Signal(W)
         beats = Signal(range(max_beats + 1))          # beats per word of `mem`
@@ -337,6 +338,8 @@ class HostInterface(wiring.Component):
             for k, (w, dp) in mems.items():
                 with m.Case(k):
                     m.d.comb += [beats.eq(beats_per_word(w)), depth.eq(dp), known.eq(1)]
+
+        m.d.sync += over.eq(addr + count > depth)
 
         take = Signal()
         m.d.comb += take.eq(self.s_axis_tvalid & self.s_axis_tready)
@@ -364,10 +367,12 @@ class HostInterface(wiring.Component):
                 m.d.comb += self.s_axis_tready.eq(~self.busy)
                 with m.If(take):
                     m.d.sync += [count.eq(tdata), hdr_last.eq(tlast), beat.eq(0), word.eq(0)]
-                    m.next = "CHECK"
+                    m.next = "SUM"
+            with m.State("SUM"):
+                # the range check (a 32-bit add and compare) gets a cycle of its own
+                m.next = "CHECK"
             with m.State("CHECK"):
-                # the frame header is checked from registers, one cycle after beat 1 (the
-                # range check is a 32-bit add and compare)
+                # the frame header is checked from registers
                 with m.If((cmd != StreamCmd.WRITE) & (cmd != StreamCmd.READ)):
                     set_err(StreamError.BAD_COMMAND)
                     m.next = "HDR0"
@@ -378,7 +383,7 @@ class HostInterface(wiring.Component):
                     m.next = "HDR0"
                     with m.If(~hdr_last):
                         m.next = "DRAIN"
-                with m.Elif(addr + count > depth):
+                with m.Elif(over):
                     set_err(StreamError.RANGE)
                     m.next = "HDR0"
                     with m.If(~hdr_last):
