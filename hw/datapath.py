@@ -209,14 +209,16 @@ class LayerDatapath(wiring.Component):
             # (once per position tile) and the group's base address steps by
             # BASIS_GSTEP at each group change.
             gbase = Signal(cfg.basis_depth.bit_length() + 1)
+            gbase_step = Signal(len(gbase))         # gbase + BASIS_GSTEP, kept with it
             last_group = Signal(cfg.group_bits)
             step = Signal()
             m.d.comb += step.eq(src.payload.group != last_group)
             this_base = Signal(len(gbase))
             m.d.comb += this_base.eq(Mux(src.payload.group == 0, dw.BASIS_BASE,
-                                         Mux(step, gbase + dw.BASIS_GSTEP, gbase)))
+                                         Mux(step, gbase_step, gbase)))
             with m.If(xfer & need_req):
-                m.d.sync += [gbase.eq(this_base), last_group.eq(src.payload.group)]
+                m.d.sync += [gbase.eq(this_base), gbase_step.eq(this_base + dw.BASIS_GSTEP),
+                             last_group.eq(src.payload.group)]
             with m.If(preload):
                 m.d.comb += [req.addr.eq(dw.BASIS_BASE), qf.w_data.eq(req), qf.w_en.eq(1)]
                 m.d.sync += drop_first.eq(1)
@@ -270,12 +272,16 @@ class LayerDatapath(wiring.Component):
             # Buffer with a registered output: the sequencer's take (row end, pairing)
             # does not chain through the basis array's ready into the basis loader, and
             # its ``valid`` / ``first`` come from registers (a LUT RAM read drove the
-            # quant bundle's 216 enables).  Three entries keep one row per cycle (the
-            # buffered FIFO's input side sees its own read one cycle late).
-            m.submodules.weights_buf = wb = fifo.SyncFIFOBuffered(width=wl.size, depth=3)
+            # quant bundle's 216 enables).  Its ready to the basis array (the enable of
+            # the array's ~2000 pipeline registers) is a register too: the level seen one
+            # cycle late, so five entries keep one row per cycle (in steady flow the level
+            # is 2: one row in the inner FIFO, one in the output register).
+            m.submodules.weights_buf = wb = fifo.SyncFIFOBuffered(width=wl.size, depth=5)
+            wb_ok = Signal()
+            m.d.sync += wb_ok.eq(wb.w_level <= wb.depth - 3)   # inner FIFO: depth - 1
             wsrc_sig = Signal(wl)
-            m.d.comb += [wb.w_data.eq(wsrc.payload), wb.w_en.eq(wsrc.valid),
-                         wsrc.ready.eq(wb.w_rdy), wsrc_sig.eq(wb.r_data),
+            m.d.comb += [wb.w_data.eq(wsrc.payload), wb.w_en.eq(wsrc.valid & wb_ok),
+                         wsrc.ready.eq(wb_ok), wsrc_sig.eq(wb.r_data),
                          seq.weights.valid.eq(wb.r_rdy), seq.weights.payload.eq(wsrc_sig),
                          wb.r_en.eq(seq.weights.ready)]
             rows_in = Signal()
