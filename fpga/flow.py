@@ -5,7 +5,9 @@ One call, `run_flow`, takes a Verilog design (or an Amaranth component, via
 
 1. ``synth_ecp5`` / ``synth_ice40`` of the design (wrapped in the measurement harness of
    `fpga.harness` unless the design is a board top with its own pins), flattened as it
-   would be for a bitstream;
+   would be for a bitstream; a hand-written module with a text for the family is read in
+   that text (`family_files`: on ECP5 the MAC lanes' registered multiplier ``sd_mul`` is
+   a ``MULT18X18D`` with its own input and output registers);
 2. a synthesis of the design alone and of each of its blocks (decoder, basis array, MAC
    lanes, memories, ...) as its own top, whose ``stat -json`` gives LUT / FF / BRAM / DSP
    per block (`block_stats`);
@@ -49,7 +51,7 @@ __all__ = [
     "VerilogDesign", "FitError", "amaranth_design", "module_ports", "synthesize",
     "place_and_route", "parse_stat", "module_totals", "categorise", "parse_pnr_report",
     "check_fit", "run_flow", "block_of", "block_stats", "block_targets",
-    "verilog_modules", "CATEGORIES",
+    "verilog_modules", "family_files", "CATEGORIES",
 ]
 
 CATEGORIES = ("lut", "ff", "bram", "dsp", "lutram", "spram")
@@ -155,8 +157,36 @@ def _tool_cwd(design: VerilogDesign, workdir: Path) -> Path:
     return Path(design.data_dir or workdir).resolve()
 
 
-def _read_cmds(design: VerilogDesign, cwd: Path) -> list[str]:
-    return [f"read_verilog -sv {_rel(f, cwd)}" for f in design.files]
+def _read_cmds(design: VerilogDesign, cwd: Path, family: "str | None" = None,
+               workdir: "Path | None" = None) -> list[str]:
+    files = design.files if family is None else family_files(design, family, workdir or cwd)
+    return [f"read_verilog -sv {_rel(f, cwd)}" for f in files]
+
+
+def family_files(design: VerilogDesign, family: str, workdir: Path) -> list[Path]:
+    """The design's files, each generic hand-written module replaced by its ``family`` text.
+
+    `hw.dsp.family_variant` names the replacements (on ECP5 the registered multiplier
+    ``sd_mul.v`` becomes ``sd_mul_ecp5.v``, a ``MULT18X18D`` with its own registers); the
+    variant is written into ``workdir``.  Files that are not the generic text stay.
+    """
+    from hw.dsp import FAMILY_VARIANTS, family_variant
+
+    names = FAMILY_VARIANTS.get(family, {})
+    out = []
+    for f in design.files:
+        f = Path(f)
+        variant = (family_variant(f.name, f.read_text(errors="replace"), family)
+                   if f.name in names else None)
+        if variant is None:
+            out.append(f)
+            continue
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = Path(workdir) / variant[0]
+        if not path.is_file() or path.read_text() != variant[1]:
+            path.write_text(variant[1])
+        out.append(path)
+    return out
 
 
 def module_ports(design: VerilogDesign, workdir: Path) -> list[Port]:
@@ -213,7 +243,7 @@ def synthesize(design: VerilogDesign, dev: Device, workdir: Path, *, top: str,
     cwd = _tool_cwd(design, workdir)
     log = workdir / f"synth_{tag}.log"
     for fallback in ([], ["-dff"]):
-        cmds = [*_read_cmds(design, cwd),
+        cmds = [*_read_cmds(design, cwd, dev.family, workdir),
                 *(f"read_verilog -sv {_rel(f, cwd)}" for f in extra_files),
                 f"{dev.synth_command} {' '.join(opts + fallback)}",
                 f"tee -q -o {_rel(stat, cwd)} stat -json",
@@ -230,9 +260,11 @@ def synthesize(design: VerilogDesign, dev: Device, workdir: Path, *, top: str,
             # yosys 0.70 ABC9 abort on some designs: retry once with -dff (see _synth_stat)
             if fallback or not _abc9_abort(exc):
                 raise
+    variants = [f"{a.name} -> {b.name}" for a, b in
+                zip(design.files, family_files(design, dev.family, workdir)) if a != b]
     return {"modules": parse_stat(stat), "netlist": str(netlist) if flatten else None,
             "seconds": round(seconds, 2), "log": str(log),
-            "fallback": " ".join(fallback) or None}
+            "fallback": " ".join(fallback) or None, "variants": variants}
 
 
 def _synth_options(dev: Device, top: str, dsp: bool) -> list[str]:
@@ -292,7 +324,7 @@ def _synth_stat(design: VerilogDesign, dev: Device, workdir: Path, target: str, 
     cwd = _tool_cwd(design, workdir)
     out = workdir / f"stat_{tag}.json"
     for extra in ([], ["-dff"]):
-        cmds = [*_read_cmds(design, cwd),
+        cmds = [*_read_cmds(design, cwd, dev.family, workdir),
                 f"{dev.synth_command} {' '.join(_synth_options(dev, target, dsp) + extra)}",
                 f"tee -q -o {_rel(out, cwd)} stat -json"]
         script = workdir / f"synth_{tag}.ys"
@@ -636,7 +668,7 @@ def run_flow(design: VerilogDesign, dev: "str | Device", workdir: "str | Path", 
                 synth_cache[key] = {"device": dev.name, "flat": flat, "per": per}
         used = categorise(module_totals(flat["modules"], top), dev.family)
         result["synth"] = {"utilisation": used, "seconds": flat["seconds"],
-                           "fallback": flat["fallback"]}
+                           "fallback": flat["fallback"], "variants": flat.get("variants", [])}
         if per is not None:
             result["blocks"] = per["blocks"]
             result["synth"]["blocks_seconds"] = per["seconds"]

@@ -236,45 +236,55 @@ class MacLanes(wiring.Component):
             pp_hi.append(mul(f"rq_hi_l{l}", total[k:].as_signed(),
                              signed(sum_shape.width - k), qa.lanes[l].mult, m_shape))
         prod5 = [Signal(prod_shape, name=f"prod5_l{l}") for l in range(L)]
+        # the shift's decoded forms, registered with the sum: the shifter then starts from
+        # flip-flops (``sh - 1`` wraps when ``sh == 0``, where it is not used)
+        shz5 = [Signal(name=f"rq_shz5_l{l}") for l in range(L)]
+        shm1 = [Signal(cfg.shift_bits, name=f"rq_shm1_l{l}") for l in range(L)]
         v5, addr5, _, _, q5 = follow("j", v4, addr4, 0, 0, q4)
         with m.If(advance):
             for l in range(L):
-                m.d.sync += prod5[l].eq((pp_hi[l] << k) + pp_lo[l])
+                m.d.sync += [prod5[l].eq((pp_hi[l] << k) + pp_lo[l]),
+                             shz5[l].eq(q4.lanes[l].shift == 0),
+                             shm1[l].eq(q4.lanes[l].shift - 1)]
 
         # --- stage 5: rounding shift; 6: round half up, ReLU, saturate (output) ---------
         sh6 = [Signal(signed(prod_shape.width + 1), name=f"rq_q_l{l}") for l in range(L)]
+        shz6 = [Signal(name=f"rq_shz6_l{l}") for l in range(L)]
         v6, addr6, _, _, qs = follow("s", v5, addr5, 0, 0, q5)
         with m.If(advance):
             for l in range(L):
-                m.d.sync += sh6[l].eq(_requant_shift(m, prod5[l], q5.lanes[l].shift, l))
+                m.d.sync += [sh6[l].eq(Mux(shz5[l], prod5[l], prod5[l] >> shm1[l])),
+                             shz6[l].eq(shz5[l])]
         out = self.results.payload
         with m.If(advance):
             m.d.sync += [self.results.valid.eq(v6), out.addr.eq(addr6)]
             for l in range(L):
-                m.d.sync += out.values[l].eq(
-                    _requant_tail(m, sh6[l], qs.lanes[l].shift, qs.relu, cfg, l))
+                m.d.sync += out.values[l].eq(_requant_tail(m, sh6[l], shz6[l], qs.relu, cfg, l))
         return m
 
 
-def _requant_shift(m, prod, sh, lane):
-    """First half of the rounding shift: ``prod >> (sh - 1)``, or ``prod`` if ``sh == 0``."""
-    q = Signal(signed(len(prod) + 1), name=f"rq_shift_l{lane}")
-    sh_m1 = Signal(len(sh), name=f"rq_shm1_l{lane}")      # unused (wraps) when sh == 0
-    m.d.comb += [sh_m1.eq(sh - 1), q.eq(Mux(sh == 0, prod, prod >> sh_m1))]
-    return q
-
-
-def _requant_tail(m, q, sh, relu, cfg, lane):
-    """``clamp(relu(((prod + rnd) >> sh)))`` from ``q = prod >> (sh - 1)`` (`_requant_shift`).
+def _requant_tail(m, q, shz, relu, cfg, lane):
+    """``clamp(relu(((prod + rnd) >> sh)))`` from ``q = prod >> (sh - 1)`` (stage 5).
 
     ``(p + 2**(s-1)) >> s == ((p >> (s-1)) + 1) >> 1`` for ``s > 0`` (both floors), so
-    the rounding needs no ``2**shift_bits``-wide adder.
+    the rounding needs no ``2**shift_bits``-wide adder.  The ReLU and saturation tests
+    are made on ``q`` itself (for ``s > 0``: ``t = (q + 1) >> 1 > act_max`` iff
+    ``q >= 2 act_max + 1``, ``t < act_min`` iff ``q < 2 act_min - 1``, ``t < 0`` iff
+    ``q < -1``; for ``s = 0``, ``t = q``), in parallel with the rounding add, which only
+    needs the low ``act_bits + 1`` bits of ``q``.  ``shz``: ``s == 0``.
     """
-    t = Signal(signed(len(q)), name=f"rq_t_l{lane}")
-    m.d.comb += t.eq(Mux(sh == 0, q, (q + 1) >> 1))
-    tr = Signal(signed(len(t)), name=f"rq_r_l{lane}")
-    m.d.comb += tr.eq(Mux(relu & (t < 0), 0, t))
-    res = Signal(signed(cfg.act_bits), name=f"rq_out_l{lane}")
-    m.d.comb += res.eq(Mux(tr > cfg.act_max, cfg.act_max,
-                           Mux(tr < cfg.act_min, cfg.act_min, tr)))
+    b = cfg.act_bits
+    low_r = Signal(b + 1, name=f"rq_low_l{lane}")                # (q + 1) mod 2**(b + 1)
+    m.d.comb += low_r.eq(q[:b + 1] + 1)
+    low = Signal(signed(b), name=f"rq_t_l{lane}")               # t mod 2**b
+    m.d.comb += low.eq(Mux(shz, q[:b], low_r[1:]))
+    over, under, neg = (Signal(name=f"rq_{n}_l{lane}") for n in ("over", "under", "neg"))
+    m.d.comb += [
+        over.eq(Mux(shz, q > cfg.act_max, q >= 2 * cfg.act_max + 1)),
+        under.eq(Mux(shz, q < cfg.act_min, q < 2 * cfg.act_min - 1)),
+        neg.eq(Mux(shz, q < 0, q < -1)),
+    ]
+    res = Signal(signed(b), name=f"rq_out_l{lane}")
+    m.d.comb += res.eq(Mux(relu & neg, 0, Mux(over, cfg.act_max,
+                                              Mux(under, cfg.act_min, low))))
     return res

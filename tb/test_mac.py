@@ -189,3 +189,49 @@ def mac_with_dsp_modules(config):
 def test_mac_rtl(config_name):
     run_block(mac_with_dsp_modules, RTL_CONFIGS[config_name], test_module=__name__,
               name="mac_lanes", timeout_s=400)
+
+
+def test_requant_tail_exhaustive_near_the_limits():
+    """The output stage's ReLU / saturation / rounding decisions, made on ``q`` before the
+    rounding add, for every ``q`` around the limits (Amaranth simulator, no Verilator).
+
+    With ``shift = 1`` the shift stage passes ``q = acc`` and the tail must give
+    ``(acc + 1) >> 1``; with ``shift = 0`` it must give ``acc``: both against
+    `golden.reference.requantize` (bias 0, multiplier 1), with and without ReLU.
+    """
+    from amaranth import Module, Signal, signed
+    from amaranth.sim import Simulator
+
+    from hw.config import PRESETS
+    from hw.mac import _requant_tail
+
+    cfg = PRESETS["default"]
+    m = Module()
+    q = Signal(signed(51))
+    shz, relu = Signal(), Signal()
+    out = _requant_tail(m, q, shz, relu, cfg, 0)
+    span = np.arange(4 * cfg.act_min - 8, 4 * cfg.act_max + 9)
+    span = np.concatenate([span, [-(1 << 50), (1 << 50) - 1, -(1 << 40), 1 << 40]])
+    got = {}
+
+    async def bench(ctx):
+        for sh in (0, 1):
+            for rl in (0, 1):
+                ctx.set(shz, sh == 0)
+                ctx.set(relu, rl)
+                for v in span:
+                    ctx.set(q, int(v))
+                    await ctx.delay(1e-9)
+                    got[sh, rl, int(v)] = ctx.get(out)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    L = cfg.lanes
+    for sh in (0, 1):
+        for rl in (0, 1):
+            want = requantize(np.tile(span, (1, L, 1)), np.zeros(L), np.ones(L),
+                              np.full(L, sh), bool(rl), cfg)[0, 0]
+            bad = [(int(v), got[sh, rl, int(v)], int(w)) for v, w in zip(span, want)
+                   if got[sh, rl, int(v)] != w]
+            assert not bad, f"shift {sh}, relu {rl}: (q, got, want) {bad[:5]}"
