@@ -89,8 +89,11 @@ class ResultWriter(wiring.Component):
         m = Module()
         rl = results_layout(cfg)
         m.submodules.buf = buf = fifo.SyncFIFO(width=rl.size, depth=self.fifo_depth)
+        # ready is the FIFO's "not full" kept as a flip-flop (equal to buf.w_rdy, a compare
+        # of its level): the datapath's overflow check reads it
+        notfull = Signal(init=1)
         m.d.comb += [buf.w_data.eq(self.results.payload), buf.w_en.eq(self.results.valid),
-                     self.results.ready.eq(buf.w_rdy)]
+                     self.results.ready.eq(notfull)]
         res = Signal(rl)
         m.d.comb += [res.eq(buf.r_data), self.fill.eq(buf.level)]
 
@@ -188,6 +191,9 @@ class ResultWriter(wiring.Component):
         nonempty = Signal()
         pushed, popped = buf.w_en & buf.w_rdy, buf.r_en & buf.r_rdy
         m.d.sync += nonempty.eq(pushed | (buf.level >= 2) | ((buf.level == 1) & ~popped))
+        depth = self.fifo_depth
+        m.d.sync += notfull.eq(popped | (buf.level <= depth - 2)
+                               | ((buf.level == depth - 1) & ~pushed))
         have = Signal()
         m.d.comb += have.eq(nonempty & running)
         finish = Signal()                     # the result at the FIFO head is complete
