@@ -30,6 +30,10 @@ class BuildFiles:
         Top module of the accelerator.
     verilog : tuple of str
         Verilog sources of the accelerator (top first is not required).
+    family_verilog : dict
+        FPGA family -> its own list of Verilog sources, where a hand-written module has
+        a text for that family (``"ecp5"``: ``rtl/sd_mul_ecp5.v`` in place of
+        ``rtl/sd_mul.v``, `hw.dsp`).  Families not named use ``verilog``.
     init_files : tuple of str
         Files the Verilog reads with ``$readmemh`` (must sit where the tools run, see
         ``init_dir``).
@@ -60,6 +64,7 @@ class BuildFiles:
     description: str = ""
     version: str = "0.1.0"
     init_dir: str = "rtl"
+    family_verilog: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for what, value in (("name", self.name), ("top", self.top)):
@@ -70,8 +75,13 @@ class BuildFiles:
         if not self.clock_mhz > 0:
             raise ValueError(f"BuildFiles.clock_mhz must be > 0, got {self.clock_mhz!r}")
 
+    def verilog_for(self, family: str) -> tuple[str, ...]:
+        """Verilog sources for an FPGA ``family`` (`family_verilog`, else `verilog`)."""
+        return tuple(self.family_verilog.get(family, self.verilog))
+
     def all_files(self) -> list[str]:
-        files = [*self.verilog, *self.init_files]
+        files = [*self.verilog, *(f for fs in self.family_verilog.values() for f in fs),
+                 *self.init_files]
         for paths in self.images.values():
             files += list(paths)
         return list(dict.fromkeys(files))

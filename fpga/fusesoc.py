@@ -72,6 +72,10 @@ def core_text(b: BuildFiles, *, ecp5_args: tuple[str, ...] = ("--25k", "--packag
         "rtl": {"files": list(b.verilog), "file_type": "verilogSource"},
     }
     used = ["rtl"]
+    ecp5_rtl = b.verilog_for("ecp5")
+    if ecp5_rtl != tuple(b.verilog):
+        # the ECP5 build reads the ECP5 texts of hand-written modules (registered DSPs)
+        filesets["rtl_ecp5"] = {"files": list(ecp5_rtl), "file_type": "verilogSource"}
     if b.init_files:
         filesets["mem_init"] = {
             "files": [{f: {"copyto": Path(f).name}} for f in b.init_files],
@@ -90,7 +94,8 @@ def core_text(b: BuildFiles, *, ecp5_args: tuple[str, ...] = ("--25k", "--packag
         },
         "synth_ecp5": {
             "default_tool": "trellis",
-            "filesets": list(used),
+            "filesets": [("rtl_ecp5" if f == "rtl" and "rtl_ecp5" in filesets else f)
+                         for f in used],
             "tools": {"trellis": {"nextpnr_options": list(ecp5_args) + ["--lpf-allow-unconstrained"]}},
             "toplevel": b.top,
         },
@@ -112,7 +117,7 @@ def core_text(b: BuildFiles, *, ecp5_args: tuple[str, ...] = ("--25k", "--packag
 
 def write_core(b: BuildFiles, **options) -> Path:
     """Write ``<root>/<name>.core``; refuses when a listed file is missing."""
-    listed = [*b.verilog, *b.init_files, f"vivado/{b.top}.xdc"]
+    listed = [*b.all_files(), f"vivado/{b.top}.xdc"]
     missing = [f for f in listed if not (Path(b.root) / f).is_file()]
     if missing:
         raise ValueError(f"build folder {b.root} lacks file(s) the core lists: {missing} "

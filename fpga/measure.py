@@ -192,7 +192,9 @@ USAGE = [
     "logs go to `build/fpga/`; the run time of this page's run is stated at its top.",
     "- `make verilog PRESET=default` (= `smartdeal verilog --config default --out "
     "build/verilog/default`): the build folder users take into their tools: `rtl/sd_accel.v` "
-    "(top `sd_accel`), `rtl/sd_dense_accel.v` (top `sd_dense_accel`), `rtl/sd_ram.v`, the "
+    "(top `sd_accel`), `rtl/sd_dense_accel.v` (top `sd_dense_accel`), `rtl/sd_ram.v`, "
+    "`rtl/sd_mul.v` (the MAC lanes' registered multiplier; `rtl/sd_mul_ecp5.v` is its ECP5 "
+    "text on `MULT18X18D`, which ECP5 builds read instead), the "
     "bundled network's images in `mem/` (SD) and `mem_dense/` (dense) in every format, "
     "`manifest.json`, `README.md` (ports, clock/reset, registers, loading weights), "
     "`vivado/build.tcl`, `quartus/build.tcl` (and `build_dense.tcl`), FuseSoC cores "

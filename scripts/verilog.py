@@ -8,6 +8,9 @@
     DIR/rtl/sd_accel.v         SD accelerator, top module `sd_accel`
     DIR/rtl/sd_dense_accel.v   dense int8 baseline, top module `sd_dense_accel`
     DIR/rtl/sd_ram.v           the $readmemh RAM both tops instantiate
+    DIR/rtl/sd_mul.v           the MAC lanes' registered multiplier (DSP block), generic
+    DIR/rtl/sd_mul_ecp5.v      the same module for Lattice ECP5 (MULT18X18D), used instead
+                               of sd_mul.v by ECP5 builds (FuseSoC target synth_ecp5)
     DIR/mem/                   bundled network, SD images (ce, basis, quant) in every
                                format + the export manifest and storage report
     DIR/mem_dense/             the same network for the dense baseline (dense_weights,
@@ -197,6 +200,10 @@ def _readme(label: str, config: SDConfig, ports, storage: dict, clock_mhz: float
         f"* `rtl/{DENSE_TOP}.v`, module **`{DENSE_TOP}`**: the dense int8 baseline with the same "
         "ports, registers and MAC throughput (for comparisons).",
         "* `rtl/sd_ram.v`, module `sd_ram`: the `$readmemh` RAM both instantiate; add it too.",
+        "* `rtl/sd_mul.v`, module `sd_mul`: the MAC lanes' registered multiplier (input and "
+        "output registers around a multiply; tools map it to a DSP block); add it too. For "
+        "Lattice ECP5 use `rtl/sd_mul_ecp5.v` instead (the same module on `MULT18X18D` with "
+        "its own registers).",
         "",
         "Clock `clk` (rising edge) drives everything; `rst` is a synchronous, active-high "
         "reset (hold it for one clock or more). `irq` is high while `STATUS.DONE` or "
@@ -273,6 +280,7 @@ def write_build(config: SDConfig, out, *, label: str = "custom", formats="all",
     from fpga.vendor import write_vendor_files
     from golden.dense_baseline import dense_qnet
     from golden.export import export_qnet, parse_formats
+    from hw.dsp import FAMILY_VARIANTS, family_variant
     from hw.top import AcceleratorTop
 
     if not re.match(r"^[A-Za-z0-9_]+$", label):
@@ -314,12 +322,23 @@ def write_build(config: SDConfig, out, *, label: str = "custom", formats="all",
         (out / "rtl" / f"{top}.v").write_text(text)
         for name, src in comp.verilog_sources.items():
             (out / "rtl" / name).write_text(src)
-        tops[kind] = (top, text, sorted(comp.verilog_sources), init, init_dir)
+        # family texts of hand-written modules (ECP5: sd_mul_ecp5.v, hw.dsp)
+        family = {}
+        for fam in FAMILY_VARIANTS:
+            names = []
+            for name, src in sorted(comp.verilog_sources.items()):
+                var = family_variant(name, src, fam)
+                if var is not None:
+                    (out / "rtl" / var[0]).write_text(var[1])
+                names.append(var[0] if var is not None else name)
+            if names != sorted(comp.verilog_sources):
+                family[fam] = (f"rtl/{top}.v", *(f"rtl/{n}" for n in names))
+        tops[kind] = (top, text, sorted(comp.verilog_sources), init, init_dir, family)
         step(f"{kind} Verilog")
 
     storage = _storage(sd_manifest, dense_manifest, report)
     files = {}
-    for kind, (top, text, extra, init, init_dir) in tops.items():
+    for kind, (top, text, extra, init, init_dir, family) in tops.items():
         mdir = out / init_dir
         images = {fmt: tuple(sorted(f"{init_dir}/{p.name}" for p in mdir.glob(f"*{suffix}")))
                   for fmt, suffix in (("coe", ".coe"), ("mem", ".mem"), ("mif", ".mif"))
@@ -327,7 +346,7 @@ def write_build(config: SDConfig, out, *, label: str = "custom", formats="all",
         name = f"sd_{label}" + ("" if kind == "sd" else "_dense")
         files[kind] = BuildFiles(
             root=out, name=name, top=top,
-            verilog=(f"rtl/{top}.v", *(f"rtl/{e}" for e in extra)),
+            verilog=(f"rtl/{top}.v", *(f"rtl/{e}" for e in extra)), family_verilog=family,
             init_files=tuple(f"{init_dir}/{f}" for f in init.values()), images=images,
             clock="clk", reset="rst", clock_mhz=clock_mhz, ports=tuple(verilog_ports(text, top)),
             description=f"SmartDeal {'SD accelerator' if kind == 'sd' else 'dense int8 baseline'}"
@@ -345,6 +364,7 @@ def write_build(config: SDConfig, out, *, label: str = "custom", formats="all",
         "fingerprint": config.fingerprint(),
         "tops": {kind: {"module": b.top, "verilog": list(b.verilog),
                         "init_files": list(b.init_files), "init_dir": b.init_dir,
+                        "family_verilog": {f: list(v) for f, v in b.family_verilog.items()},
                         "clock": b.clock, "reset": b.reset, "reset_active": "high, synchronous",
                         "ports": [{"name": n, "direction": d, "width": w} for n, d, w in b.ports],
                         "vivado": f"vivado/{'build' if kind == 'sd' else 'build_dense'}.tcl",
