@@ -203,7 +203,10 @@ class LayerController(wiring.Component):
             # Decoder errors (codes below 0x10) belong to the weight side's layer.
             m.d.sync += [self.error.eq(1), self.error_code.eq(code),
                          self.error_layer.eq(Mux(code < 0x10, w_layer, self.layer)),
-                         self.flush.eq(1), self.busy.eq(0), err_inc.eq(1)]
+                         self.flush.eq(1), self.busy.eq(0), err_inc.eq(1),
+                         ld_a_w.eq(0)]
+            # (a pending ld_w / ld_a_w strobe starts its side in the flush cycle, so
+            # the flush cancels it; a launch's ld_a_w due after the flush is dropped here)
             m.next = "IDLE"
 
         # lc counts the cycles of the running layer from its a_start (0 there).
