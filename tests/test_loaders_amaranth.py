@@ -1,4 +1,5 @@
-"""Amaranth-simulator tests of the memory read streamer the loaders share.
+"""Amaranth-simulator tests of the memory read streamer the loaders share, and of the
+quant loader.
 
 `hw.memories.ReadStreamer` sits between every loader (`hw.loaders`) and its RAM; the
 end-to-end tests (``tb/test_top.py``) only see it through whole networks.  Here it runs
@@ -89,3 +90,62 @@ def test_read_streamer_throughput_and_latency():
     assert got == want
     assert issued == list(range(100)), "requests were not accepted every cycle"
     assert taken == [c + 2 for c in issued], "latency is not two cycles"
+
+
+# ------------------------------------------------------------------ QuantLoader
+@pytest.mark.parametrize("lanes,cout,n_tiles,stall,seed", [
+    (3, 7, 2, 0.0, 1),      # last group half full, two tiles, free-flowing sequencer
+    (3, 6, 1, 0.6, 2),      # full groups, random back-pressure
+    (2, 3, 3, 0.3, 3),
+    (1, 4, 2, 0.5, 4),      # one lane
+])
+def test_quant_loader_bundles(lanes, cout, n_tiles, stall, seed):
+    """Per tile and group one bundle of the channels' quant words, lanes >= COUT zero,
+    ``relu`` from FLAGS, in order under back-pressure; ``idle`` once all are formed."""
+    from hw.config import SDConfig
+    from hw.descriptor import FLAG_RELU
+    from hw.loaders import QuantLoader
+    cfg = SDConfig(basis_size=3, lanes=lanes, block_rows=4, max_rows=40, acc_depth=16,
+                   quant_depth=16)
+    rng = random.Random(seed)
+    words = [rng.getrandbits(cfg.quant_word_bits) for _ in range(cfg.quant_depth)]
+    base = cfg.quant_depth - cout - rng.randrange(2)
+    n_groups = -(-cout // lanes)
+    m = Module()
+    m.submodules.ram = ram = SyncRAM(cfg.quant_word_bits, cfg.quant_depth, init=words)
+    m.submodules.dut = dut = QuantLoader(cfg)
+    m.d.comb += [ram.r_addr.eq(dut.r_addr), ram.r_en.eq(dut.r_en),
+                 dut.r_data.eq(ram.r_data)]
+    want = [([words[base + g * lanes + l] if g * lanes + l < cout else 0
+              for l in range(lanes)], 1)
+            for _ in range(n_tiles) for g in range(n_groups)]
+    got = []
+
+    async def bench(ctx):
+        for name, value in (("COUT", cout), ("QUANT_BASE", base), ("N_GROUPS", n_groups),
+                            ("N_TILES", n_tiles), ("FLAGS", FLAG_RELU)):
+            ctx.set(getattr(dut.desc, name), value)
+        ctx.set(dut.layer_start, 1)
+        await ctx.tick()
+        ctx.set(dut.layer_start, 0)
+        assert not ctx.get(dut.idle)
+        for _ in range(40 * len(want)):
+            ready = rng.random() >= stall
+            ctx.set(dut.bundles.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.bundles.valid,
+                                                           dut.bundles.payload)
+            if valid and ready:
+                got.append(([payload.lanes[l].as_value().value for l in range(lanes)],
+                            int(payload.relu)))
+            if len(got) == len(want) and ctx.get(dut.idle):
+                break
+        ctx.set(dut.bundles.ready, 0)
+        for _ in range(5):
+            await ctx.tick()
+        assert not ctx.get(dut.bundles.valid), "a bundle beyond the layer's last"
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == want
