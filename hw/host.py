@@ -329,6 +329,9 @@ class HostInterface(wiring.Component):
         count = Signal(32)
         hdr_last = Signal()                           # tlast of beat 1
         over = Signal()                               # addr + count beyond the memory
+        # count == 0 (valid in CHECK, like `over`), and count == 1 / 2 kept one step
+        # ahead, so no 32-bit compare sits in front of the state machine
+        c0, c1, c2 = Signal(), Signal(), Signal()
         beat = Signal(range(max_beats + 1))
         word = Signal(W)
         beats = Signal(range(max_beats + 1))          # beats per word of `mem`
@@ -339,7 +342,7 @@ class HostInterface(wiring.Component):
                 with m.Case(k):
                     m.d.comb += [beats.eq(beats_per_word(w)), depth.eq(dp), known.eq(1)]
 
-        m.d.sync += over.eq(addr + count > depth)
+        m.d.sync += [over.eq(addr + count > depth), c0.eq(count == 0)]
 
         take = Signal()
         m.d.comb += take.eq(self.s_axis_tvalid & self.s_axis_tready)
@@ -366,7 +369,8 @@ class HostInterface(wiring.Component):
             with m.State("HDR1"):
                 m.d.comb += self.s_axis_tready.eq(~self.busy)
                 with m.If(take):
-                    m.d.sync += [count.eq(tdata), hdr_last.eq(tlast), beat.eq(0), word.eq(0)]
+                    m.d.sync += [count.eq(tdata), hdr_last.eq(tlast), beat.eq(0), word.eq(0),
+                                 c1.eq(tdata == 1), c2.eq(tdata == 2)]
                     m.next = "SUM"
             with m.State("SUM"):
                 # the range check (a 32-bit add and compare) gets a cycle of its own
@@ -392,12 +396,12 @@ class HostInterface(wiring.Component):
                     with m.If(~hdr_last):
                         set_err(StreamError.MISSING_LAST)
                         m.next = "DRAIN"
-                    with m.Elif(count == 0):
+                    with m.Elif(c0):
                         m.next = "HDR0"
                     with m.Else():
                         m.next = "RD_ISSUE"
                 with m.Else():      # WRITE
-                    with m.If(count == 0):
+                    with m.If(c0):
                         m.next = "HDR0"
                         with m.If(~hdr_last):
                             set_err(StreamError.MISSING_LAST)
@@ -417,8 +421,8 @@ class HostInterface(wiring.Component):
                     with m.If(final_beat):
                         m.d.comb += [self.mem_w_en.eq(1)]
                         m.d.sync += [beat.eq(0), word.eq(0), addr.eq(addr + 1),
-                                     count.eq(count - 1)]
-                        with m.If(count == 1):
+                                     count.eq(count - 1), c1.eq(c2), c2.eq(count == 3)]
+                        with m.If(c1):
                             m.next = "HDR0"
                             with m.If(~tlast):
                                 set_err(StreamError.MISSING_LAST)
@@ -450,12 +454,13 @@ class HostInterface(wiring.Component):
                 m.d.comb += [last_beat.eq(out_beat + 1 == beats),
                              self.m_axis_tvalid.eq(1),
                              self.m_axis_tdata.eq(out_word.word_select(out_beat, 32)),
-                             self.m_axis_tlast.eq(last_beat & (count == 1))]
+                             self.m_axis_tlast.eq(last_beat & c1)]
                 with m.If(self.m_axis_tready):
                     m.d.sync += out_beat.eq(out_beat + 1)
                     with m.If(last_beat):
-                        m.d.sync += [addr.eq(addr + 1), count.eq(count - 1)]
+                        m.d.sync += [addr.eq(addr + 1), count.eq(count - 1), c1.eq(c2),
+                                     c2.eq(count == 3)]
                         m.next = "HDR0"
-                        with m.If(count != 1):
+                        with m.If(~c1):
                             m.next = "RD_ISSUE"
         m.d.comb += [self.mem_r_id.eq(mem), self.mem_r_addr.eq(addr)]
