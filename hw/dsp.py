@@ -30,7 +30,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["RegisteredMul", "SD_MUL_VERILOG", "SD_MUL_ECP5_VERILOG", "SD_MUL_FILE",
-           "FAMILY_VARIANTS", "family_variant", "DSP_WIDTH"]
+           "FAMILY_VARIANTS", "family_variant", "mul_shape", "DSP_WIDTH"]
 
 #: Operand width of one ECP5 ``MULT18X18D`` (signed 18 x 18 -> 36).
 DSP_WIDTH = 18

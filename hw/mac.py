@@ -21,7 +21,7 @@ from amaranth.lib.wiring import In, Out
 from hw.basis_array import adder_tree
 from hw.config import SDConfig
 from hw.dsp import SD_MUL_FILE, SD_MUL_VERILOG, RegisteredMul, mul_shape
-from hw.layouts import lane_quant_layout, mac_op_layout, quant_layout, results_layout
+from hw.layouts import mac_op_layout, quant_layout, results_layout
 
 __all__ = ["MacLanes"]
 
