@@ -23,7 +23,8 @@ without a folder; tools run in, or add, ``mem/`` / ``mem_dense/``), so new weigh
 new image files, never new Verilog.
 
 ``--only NAME`` instead writes just the Verilog of registered blocks (`hw.designs`),
-``<out>/<name>.v`` with top module ``sd_<name>``, plus ``config.json``.
+``<out>/<name>.v`` with top module ``sd_<name>``, the hand-written modules it instantiates
+(its ``verilog_sources``) and ``config.json``.
 """
 
 from __future__ import annotations
@@ -396,7 +397,8 @@ def _write_blocks(args, config) -> int:
     for name in args.only:
         start = time.perf_counter()
         try:
-            text = verilog.convert(build(name, config), name=top_name(name), emit_src=False)
+            comp = build(name, config)
+            text = verilog.convert(comp, name=top_name(name), emit_src=False)
         except Exception as exc:  # report every broken block, then fail
             failed.append(name)
             print(f"  FAILED {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -406,6 +408,10 @@ def _write_blocks(args, config) -> int:
         path.write_text(text)
         print(f"  wrote {path} (module {top_name(name)}, {len(text.splitlines())} lines, "
               f"{time.perf_counter() - start:.1f} s)")
+        # hand-written modules the block instantiates (sd_ram.v, sd_mul.v)
+        for fname, src in (getattr(comp, "verilog_sources", None) or {}).items():
+            (args.out / fname).write_text(src)
+            print(f"  wrote {args.out / fname} (instantiated by {name})")
     if failed:
         print(f"smartdeal verilog: {len(failed)} block(s) failed: {', '.join(failed)}",
               file=sys.stderr)
