@@ -56,8 +56,8 @@ class BasisArray(wiring.Component):
         Basis words for the *shadow* registers, one per lane (``lane``, ``data``: entry
         ``B[j][i]`` at bit ``(j * S + i) * basis_bits``).  The shadow bank counts as full
         once the word of lane ``lanes - 1`` is written (lanes are written in order
-        ``0 ... lanes - 1``); ``basis.ready`` is low while it is full, except in the
-        cycle a row copies it into the current basis (it takes a word at once).
+        ``0 ... lanes - 1``); ``basis.ready`` (a register) is low while it is full, up to
+        and including the cycle in which a row copies it into the current basis.
     rows : In(stream.Signature(decoded_row_layout(config)))
         Decoded coefficient rows.  A row with ``new_block`` copies the shadow bank into
         the *current* basis (the shadow is then free for the next block); such a row
@@ -80,11 +80,10 @@ class BasisArray(wiring.Component):
     per adder-tree level (2 for ``S * terms == 3``), the last of which is the output
     register.  Throughput one row per cycle: all stages advance together whenever the
     output register is empty or being read; a row with ``new_block`` waits in the buffer
-    until the shadow bank is full (``basis.ready`` depends on that take).  A bank swap
-    costs no bubble if the shadow bank was loaded in time: with one basis word per cycle
-    that holds whenever every block has at least ``lanes`` rows.  The copy happens on
-    the clock edge that takes the row, so the shadow bank takes the next block's first
-    word from the cycle of the swap on.
+    until the shadow bank is full.  A bank swap costs no bubble if the shadow bank was
+    loaded in time: with one basis word per cycle that holds whenever every block has
+    more than ``lanes`` rows.  The copy happens on the clock edge that takes the row, so
+    the shadow bank takes the next block's first word from the cycle after the swap on.
     """
 
 
@@ -152,13 +151,15 @@ class BasisArray(wiring.Component):
             m.d.sync += rptr.eq(~rptr)
 
         # --- shadow fill ------------------------------------------------------------------
-        # The copy into `current` happens on the swap's clock edge, so the shadow may
-        # take the next block's first word in that very cycle.
+        # `basis.ready` is the register `~shadow_full`: the shadow's enables (all its
+        # bits) are then a gate or two on flip-flops, never the row handshake.  The swap
+        # empties the shadow, so the next block's first word is taken from the cycle
+        # after the swap on.
         write = Signal()
         filled = Signal()
         m.d.comb += [
-            self.basis.ready.eq(~shadow_full | swap),
-            write.eq(self.basis.valid & self.basis.ready),
+            self.basis.ready.eq(~shadow_full),
+            write.eq(self.basis.valid & ~shadow_full),
             filled.eq(write & (self.basis.payload.lane == L - 1)),
         ]
         for l in range(L):
@@ -166,7 +167,7 @@ class BasisArray(wiring.Component):
                 m.d.sync += shadow[l].as_value().eq(self.basis.payload.data)
         with m.If(swap):
             m.d.sync += [current[l].eq(shadow[l]) for l in range(L)]
-            m.d.sync += shadow_full.eq(filled)
+            m.d.sync += shadow_full.eq(0)
         with m.Elif(filled):
             m.d.sync += shadow_full.eq(1)
 
