@@ -24,7 +24,7 @@ Memories live outside (`hw.top`), so the datapath can be reset by the controller
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, unsigned
-from amaranth.lib import data, fifo, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.arith import mul_const
@@ -40,7 +40,8 @@ from hw.mac import MacLanes
 from hw.sequencer import RowAddress, RowSequencer, row_info_layout
 from hw.writer import ResultWriter
 
-__all__ = ["LayerDatapath", "DENSE_WEIGHT_BITS", "dense_word_bits", "weight_word_bits"]
+__all__ = ["LayerDatapath", "SkidBuffer", "DENSE_WEIGHT_BITS", "dense_word_bits",
+           "weight_word_bits"]
 
 #: Results that may be on their way to the writer FIFO when the sequencer sees its fill:
 #: `RowSequencer.LATENCY`, `MacLanes.LATENCY`, the registered fill and one spare.
@@ -58,6 +59,40 @@ def dense_word_bits(config: SDConfig) -> int:
 def weight_word_bits(config: SDConfig, kind: str) -> int:
     """Weight memory word width of accelerator ``kind`` (``"sd"`` or ``"dense"``)."""
     return config.ce_word_width if kind == "sd" else dense_word_bits(config)
+
+
+class SkidBuffer(wiring.Component):
+    """Two-entry stream buffer with registered ``o.valid``, ``o.payload`` and ``i.ready``.
+
+    Rows pass straight into the output register while it is free or being taken; a row
+    that arrives while the output is held waits in the skid register, and ``i.ready``
+    (``~skid_valid``) drops.  One row per cycle, one cycle of latency, and after the
+    consumer's ``o.ready`` only one LUT level reaches any register (no level counter).
+
+    Parameters
+    ----------
+    width : int
+    """
+
+    def __init__(self, width: int):
+        self.width = width
+        super().__init__({"i": In(stream.Signature(width)), "o": Out(stream.Signature(width))})
+
+    def elaborate(self, platform):
+        m = Module()
+        s_valid = Signal()
+        s_data = Signal(self.width)
+        take_in = Signal()
+        free = Signal()             # the output register is empty or taken this cycle
+        m.d.comb += [self.i.ready.eq(~s_valid), take_in.eq(self.i.valid & ~s_valid),
+                     free.eq(~self.o.valid | self.o.ready)]
+        with m.If(free):
+            m.d.sync += [self.o.valid.eq(s_valid | take_in),
+                         self.o.payload.eq(Mux(s_valid, s_data, self.i.payload)),
+                         s_valid.eq(0)]
+        with m.Elif(take_in):
+            m.d.sync += [s_data.eq(self.i.payload), s_valid.eq(1)]
+        return m
 
 
 class LayerDatapath(wiring.Component):
@@ -133,18 +168,20 @@ class LayerDatapath(wiring.Component):
         m.submodules.quant = quant = QuantLoader(cfg)
         m.submodules.rowaddr = ra = RowAddress(cfg)
         m.submodules.seq = seq = RowSequencer(cfg, wbits)
-        m.submodules.mac = mac = MacLanes(cfg, wbits, dsp_instances=True)   # sd_mul DSPs
+        m.submodules.mac = mac = MacLanes(cfg, wbits)
         m.submodules.writer = writer = ResultWriter(cfg, self.result_fifo)
         # The row-address unit never stalls (its ``info.ready`` is tied high, so its 600
         # stage registers need no enable): a row enters it only while the info FIFO's
         # level, seen one cycle late, leaves room for every row in its pipeline.  The
-        # FIFO's output is registered (the sequencer's take decodes its ``valid``).
-        info_depth = self.row_fifo + 2 * ra.latency + 7      # inner FIFO 64 deep by default
-        # the level bounds the inner FIFO's; the rows it may still receive: those in the
-        # pipeline, the one entering and the level's lag (two spare)
-        info_room = info_depth - ra.latency - 4
-        m.submodules.info_fifo = info_fifo = fifo.SyncFIFOBuffered(
+        # FIFO's output goes through a `SkidBuffer` (the sequencer's take decodes its
+        # ``valid``, and the FIFO's level logic sees the skid's registered ready).
+        info_depth = self.row_fifo + 2 * ra.latency + 6
+        # the rows it may still receive: those in the pipeline, the one entering and
+        # the level's lag (one spare)
+        info_room = info_depth - ra.latency - 3
+        m.submodules.info_fifo = info_fifo = fifo.SyncFIFO(
             width=row_info_layout(cfg).size, depth=info_depth)
+        m.submodules.info_skid = info_skid = SkidBuffer(row_info_layout(cfg).size)
         info_ok = Signal()
         m.d.sync += info_ok.eq(info_fifo.w_level <= info_room)
 
@@ -238,20 +275,21 @@ class LayerDatapath(wiring.Component):
             basis_reads = bl.reads
         else:
             m.submodules.reader = rd = DenseRowReader(cfg, DENSE_WEIGHT_BITS)
-            # registered output: the sequencer's take decodes ``valid`` and ``first``
-            m.submodules.weights_fifo = wf = fifo.SyncFIFOBuffered(
-                width=wl.size, depth=self.row_fifo + 1)
+            # FIFO, then a skid buffer: the sequencer's take decodes ``valid`` and
+            # ``first`` from registers, and the FIFO's level logic sees a registered ready
+            m.submodules.weights_fifo = wf = fifo.SyncFIFO(width=wl.size, depth=self.row_fifo)
+            m.submodules.weights_skid = wskid = SkidBuffer(wl.size)
             src = rd.rows
             all_ready = Signal()
             xfer = Signal()
             wf_ok = Signal()
-            m.d.sync += wf_ok.eq(wf.w_level <= wf.depth - 3)   # inner FIFO: depth - 1
+            m.d.sync += wf_ok.eq(wf.w_level <= wf.depth - 2)
             m.d.comb += [all_ready.eq(wf_ok & info_ok),
                          xfer.eq(src.valid & all_ready), src.ready.eq(all_ready),
                          wf.w_en.eq(xfer), wf.w_data.eq(src.payload),
                          ra.rows.valid.eq(xfer), ra.rows.payload.row.eq(src.payload.row)]
-            wsrc_sig = Signal(wl)
-            m.d.comb += wsrc_sig.eq(wf.r_data)
+            m.d.comb += [wskid.i.valid.eq(wf.r_rdy), wskid.i.payload.eq(wf.r_data),
+                         wf.r_en.eq(wskid.i.ready)]
             ctl = rd
             basis_reads = 0
 
@@ -266,31 +304,31 @@ class LayerDatapath(wiring.Component):
         # row address unit -> info FIFO -> sequencer
         m.d.comb += [info_fifo.w_en.eq(ra.info.valid), info_fifo.w_data.eq(ra.info.payload),
                      ra.info.ready.eq(1),
-                     seq.info.valid.eq(info_fifo.r_rdy), seq.info.payload.eq(info_fifo.r_data),
-                     info_fifo.r_en.eq(seq.info.ready)]
+                     info_skid.i.valid.eq(info_fifo.r_rdy),
+                     info_skid.i.payload.eq(info_fifo.r_data),
+                     info_fifo.r_en.eq(info_skid.i.ready),
+                     seq.info.valid.eq(info_skid.o.valid),
+                     seq.info.payload.eq(info_skid.o.payload),
+                     info_skid.o.ready.eq(seq.info.ready)]
         if sd:
-            # Buffer with a registered output: the sequencer's take (row end, pairing)
-            # does not chain through the basis array's ready into the basis loader, and
-            # its ``valid`` / ``first`` come from registers (a LUT RAM read drove the
-            # quant bundle's 216 enables).  Its ready to the basis array (the enable of
-            # the array's ~2000 pipeline registers) is a register too: the level seen one
-            # cycle late, so five entries keep one row per cycle (in steady flow the level
-            # is 2: one row in the inner FIFO, one in the output register).
-            m.submodules.weights_buf = wb = fifo.SyncFIFOBuffered(width=wl.size, depth=5)
-            wb_ok = Signal()
-            m.d.sync += wb_ok.eq(wb.w_level <= wb.depth - 3)   # inner FIFO: depth - 1
-            wsrc_sig = Signal(wl)
-            m.d.comb += [wb.w_data.eq(wsrc.payload), wb.w_en.eq(wsrc.valid & wb_ok),
-                         wsrc.ready.eq(wb_ok), wsrc_sig.eq(wb.r_data),
-                         seq.weights.valid.eq(wb.r_rdy), seq.weights.payload.eq(wsrc_sig),
-                         wb.r_en.eq(seq.weights.ready)]
+            # Skid buffer: the sequencer's take (row end, pairing) does not chain through
+            # the basis array's ready into the basis loader, its ``valid`` / ``first``
+            # come from registers (a LUT RAM read drove the quant bundle's 216 enables),
+            # and the basis array's ready (the enable of its ~2000 pipeline registers)
+            # is a register.
+            m.submodules.weights_buf = wb = SkidBuffer(wl.size)
+            m.d.comb += [wb.i.valid.eq(wsrc.valid), wb.i.payload.eq(wsrc.payload),
+                         wsrc.ready.eq(wb.i.ready),
+                         seq.weights.valid.eq(wb.o.valid), seq.weights.payload.eq(wb.o.payload),
+                         wb.o.ready.eq(seq.weights.ready)]
             rows_in = Signal()
             m.d.comb += rows_in.eq(wsrc.valid & wsrc.ready)
         else:
-            m.d.comb += [seq.weights.valid.eq(wf.r_rdy), seq.weights.payload.eq(wsrc_sig),
-                         wf.r_en.eq(seq.weights.ready)]
+            m.d.comb += [seq.weights.valid.eq(wskid.o.valid),
+                         seq.weights.payload.eq(wskid.o.payload),
+                         wskid.o.ready.eq(seq.weights.ready)]
             rows_in = Signal()
-            m.d.comb += rows_in.eq(wf.r_rdy & seq.weights.ready)
+            m.d.comb += rows_in.eq(wskid.o.valid & seq.weights.ready)
         # One-bundle register between the quant loader and the sequencer: the loader's
         # payload enables see a registered ready, not the sequencer's take (a bundle
         # takes ``lanes`` reads to form, so half rate is enough).
