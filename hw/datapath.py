@@ -168,7 +168,7 @@ class LayerDatapath(wiring.Component):
         m.submodules.quant = quant = QuantLoader(cfg)
         m.submodules.rowaddr = ra = RowAddress(cfg)
         m.submodules.seq = seq = RowSequencer(cfg, wbits)
-        m.submodules.mac = mac = MacLanes(cfg, wbits)
+        m.submodules.mac = mac = MacLanes(cfg, wbits, dsp_instances=True)   # sd_mul DSPs
         m.submodules.writer = writer = ResultWriter(cfg, self.result_fifo)
         # The row-address unit never stalls (its ``info.ready`` is tied high, so its 600
         # stage registers need no enable): a row enters it only while the info FIFO's

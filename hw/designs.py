@@ -21,7 +21,7 @@ DESIGNS: dict[str, str] = {
     "shifter": "hw.shifter:Pow2Shifter",      # registered stream stage around it
     "decoder": "hw.decoder:SparseDecoder",
     "basis_array": "hw.basis_array:BasisArray",
-    "mac": "hw.mac:MacLanes",
+    "mac": "hw.mac:mac_lanes_for_fpga",    # products in `sd_mul` (registered DSPs)
     "dense": "hw.dense:DenseRowReader",
     # whole accelerators (memories, controller, AXI host interface); they instantiate the
     # `sd_ram` Verilog module, whose text is the component's `verilog_sources`

@@ -23,7 +23,7 @@ from hw.config import SDConfig
 from hw.dsp import SD_MUL_FILE, SD_MUL_VERILOG, RegisteredMul, mul_shape
 from hw.layouts import mac_op_layout, quant_layout, results_layout
 
-__all__ = ["MacLanes"]
+__all__ = ["MacLanes", "mac_lanes_for_fpga"]
 
 
 class MacLanes(wiring.Component):
@@ -288,3 +288,13 @@ def _requant_tail(m, q, shz, relu, cfg, lane):
     m.d.comb += res.eq(Mux(relu & neg, 0, Mux(over, cfg.act_max,
                                               Mux(under, cfg.act_min, low))))
     return res
+
+
+def mac_lanes_for_fpga(config) -> MacLanes:
+    """`MacLanes` as the accelerator builds it: multipliers as `sd_mul` instances.
+
+    The block registry (`hw.designs`) uses this, so that the MAC measured alone maps its
+    products to registered DSP blocks exactly as inside the accelerator.
+    """
+    return MacLanes(config, dsp_instances=True)
+
