@@ -23,7 +23,7 @@ lanes; it checks that the result's accumulator address is the one it expects and
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -115,7 +115,17 @@ class ResultWriter(wiring.Component):
         tile_size = Signal(g.tile)
         group = Signal(cfg.group_bits)
         grp_off = Signal(a + g.dim)           # group * OUT_CGP
-        cbase = Signal(range(cfg.quant_depth + L + 1))   # group * lanes
+        # channels of the next group and the one after, kept one group ahead so a group
+        # step loads registers (no chain of adders and compares behind lane_last):
+        # nl_n / ll_n: lanes of the next group, and that count <= 1; left_nn = COUT -
+        # (group + 2) * lanes, stepped by one subtract; *_c: the same for group 1 / 2,
+        # restored at every tile start (per-layer constants)
+        cw = len(d.COUT) + 2
+        nl_n, nl_c, nl0 = (Signal(range(L + 1), name=n) for n in ("nl_n", "nl_c", "nl0"))
+        ll_n, ll_c = Signal(name="ll_n"), Signal(name="ll_c")
+        left_nn, left_c = Signal(signed(cw), name="left_nn"), Signal(signed(cw), name="left_c")
+        left1 = Signal(signed(cw))            # COUT - lanes (set at the layer start)
+        ng2 = Signal(len(d.N_GROUPS) + 1)     # N_GROUPS - 2 (wrapped value never matches)
         running = Signal()
         lidx = Signal(range(L + 1))
         # scatter element counters as digits (see the module notes):
@@ -241,8 +251,9 @@ class ResultWriter(wiring.Component):
                     m.d.sync += [t_last.eq(new_1), ts1.eq(new_1), grp_last.eq(d.N_GROUPS == 1),
                                  tile_last.eq(tile_nlast), tile_nlast.eq(tile == nt3),
                                  ts2.eq(Mux(tile_nlast, last_m2, tile_m2)),
-                                 n_lanes.eq(lanes_from(0)), lane_last.eq(nl1)]
-                    m.d.sync += [group.eq(0), grp_off.eq(0), cbase.eq(0),
+                                 n_lanes.eq(nl0), lane_last.eq(nl1),
+                                 nl_n.eq(nl_c), ll_n.eq(ll_c), left_nn.eq(left_c)]
+                    m.d.sync += [group.eq(0), grp_off.eq(0),
                                  gb.eq(0), pm.eq(pm_next), pm_snap.eq(pm_next),
                                  f0.eq(pm_next), fcur.eq(pm_next), fsnap.eq(pm_next),
                                  cur.eq(nxt), snap.eq(nxt), tile.eq(tile + 1),
@@ -250,11 +261,12 @@ class ResultWriter(wiring.Component):
                     with m.If(tile_last):
                         m.d.sync += [running.eq(0), self.done.eq(1)]
                 with m.Else():
-                    m.d.sync += [t_last.eq(ts1), grp_last.eq(group + 2 == d.N_GROUPS),
-                                 n_lanes.eq(lanes_from(cbase + L)),
-                                 lane_last.eq(lanes_from(cbase + L) <= 1)]
+                    m.d.sync += [t_last.eq(ts1), grp_last.eq(group == ng2),
+                                 n_lanes.eq(nl_n), lane_last.eq(ll_n),
+                                 nl_n.eq(Mux(left_nn < L, left_nn, L)), ll_n.eq(left_nn <= 1),
+                                 left_nn.eq(left_nn - L)]
                     m.d.sync += [group.eq(group + 1), grp_off.eq(grp_off + d.OUT_CGP),
-                                 cbase.eq(cbase + L), cur.eq(snap),
+                                 cur.eq(snap),
                                  gb.eq(gb_step), pm.eq(pm_snap), f0.eq(g_next),
                                  fcur.eq(g_next), fsnap.eq(g_next)]
             with m.Else():
@@ -262,11 +274,18 @@ class ResultWriter(wiring.Component):
                              fcur.eq(f0_next),
                              t_last.eq(t == ts2)]
 
+        # group 1's lane count from the registered COUT - lanes, the cycle after the start
+        # (the first result, and so the first group step, comes many cycles later)
+        ls1 = Signal()
+        m.d.sync += ls1.eq(self.layer_start)
+        with m.If(ls1):
+            m.d.sync += [nl_n.eq(Mux(left1 < L, left1, L)), ll_n.eq(left1 <= 1),
+                         nl_c.eq(Mux(left1 < L, left1, L)), ll_c.eq(left1 <= 1)]
         with m.If(self.layer_start):
             first_size = Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)
             first_1 = Mux(d.N_TILES == 1, d.LAST_TILE == 1, d.TILE == 1)
             m.d.sync += [cur.eq(0), snap.eq(0), t.eq(0), tile.eq(0), group.eq(0),
-                         grp_off.eq(0), cbase.eq(0), lidx.eq(0), f0.eq(0), fcur.eq(0),
+                         grp_off.eq(0), lidx.eq(0), f0.eq(0), fcur.eq(0),
                          fsnap.eq(0), gb.eq(0), pm.eq(0), pm_snap.eq(0),
                          tile_size.eq(first_size), t_last.eq(first_1), ts1.eq(first_1),
                          ts2.eq(Mux(d.N_TILES == 1, d.LAST_TILE - 2, d.TILE - 2)),
@@ -276,6 +295,9 @@ class ResultWriter(wiring.Component):
                          last1.eq(d.LAST_TILE == 1), tile_nlast.eq(d.N_TILES == 2),
                          grp_last.eq(d.N_GROUPS == 1), tile_last.eq(d.N_TILES == 1),
                          n_lanes.eq(lanes_from(0)), nl1.eq(lanes_from(0) <= 1),
+                         nl0.eq(lanes_from(0)), ng2.eq(d.N_GROUPS - 2),
+                         left1.eq(d.COUT - L),
+                         left_nn.eq(d.COUT - 2 * L), left_c.eq(d.COUT - 2 * L),
                          lane_last.eq(lanes_from(0) <= 1), running.eq(1),
                          w1.eq(d.OUT_W <= 1), h1.eq(d.OUT_H <= 1)]
             for p in (cur, snap):
