@@ -111,7 +111,7 @@ class BasisArray(wiring.Component):
         # bank select, and the row that swaps is registered first (stage 0), so the copy
         # and that row reach the shifters together.
         entry = data.ArrayLayout(data.ArrayLayout(signed(bb), S), S)        # [j][i]
-        shadow = [Signal(entry, name=f"shadow_l{l}") for l in range(L)]
+        shadow = [Signal(entry, name=f"shadow_l{l}", reset_less=True) for l in range(L)]
         current = [Signal(entry, name=f"current_l{l}") for l in range(L)]
         shadow_full = Signal()
 
@@ -155,11 +155,15 @@ class BasisArray(wiring.Component):
         # bits) are then a gate or two on flip-flops, never the row handshake.  The swap
         # empties the shadow, so the next block's first word is taken from the cycle
         # after the swap on.
+        # `shadow_free` is an inverted copy of `shadow_full` (Yosys keeps it apart): it
+        # serves the loader's ready and the shadow enables, so these do not share the
+        # fanout of `shadow_full` in the take / swap logic.
+        shadow_free = Signal(init=1)
         write = Signal()
         filled = Signal()
         m.d.comb += [
-            self.basis.ready.eq(~shadow_full),
-            write.eq(self.basis.valid & ~shadow_full),
+            self.basis.ready.eq(shadow_free),
+            write.eq(self.basis.valid & shadow_free),
             filled.eq(write & (self.basis.payload.lane == L - 1)),
         ]
         for l in range(L):
@@ -167,9 +171,9 @@ class BasisArray(wiring.Component):
                 m.d.sync += shadow[l].as_value().eq(self.basis.payload.data)
         with m.If(swap):
             m.d.sync += [current[l].eq(shadow[l]) for l in range(L)]
-            m.d.sync += shadow_full.eq(0)
+            m.d.sync += [shadow_full.eq(0), shadow_free.eq(1)]
         with m.Elif(filled):
-            m.d.sync += shadow_full.eq(1)
+            m.d.sync += [shadow_full.eq(1), shadow_free.eq(0)]
 
         # --- stage 0: the taken row -----------------------------------------------------
         # Registers load on `advance` whether or not a row is taken: the valid bits

@@ -240,21 +240,30 @@ class ReadStreamer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         layout = data.StructLayout({"data": self._data_width, "tag": self._tag_shape})
+        # Fmax: every wide enable / mux select below is one LUT of flip-flops with a
+        # small fanout.  Control bits that drive a whole word (74 flip-flops) therefore
+        # get their own copy, kept *inverted* (``*_e`` = empty) so that Yosys does not
+        # merge it with the original; the data registers have no reset (their valid
+        # bits say what counts), so the reset does not join their enables.
         inflight = Signal()                 # a read issued last cycle: its word is on r_data
-        tag_d = Signal(self._tag_shape)
+        inflight_e = Signal(init=1)         # ~inflight, the enable of q1
+        tag_d = Signal(self._tag_shape, reset_less=True)
         # Buffer in arrival order: head (= resp) first, then q0, q1.
-        head_v = self.resp.valid
-        head = self.resp.payload
-        q0_v, q1_v = Signal(), Signal()
-        q0, q1 = Signal(layout), Signal(layout)
+        head_v = self.resp.valid            # for the consumer only
+        head_e = Signal(init=1)             # ~head_v, for the enables here
+        head = Signal(layout, reset_less=True)
+        m.d.comb += self.resp.payload.eq(head)
+        q0_v, q1_v = Signal(name="q0_v"), Signal(name="q1_v")
+        q0_e, q1_e = Signal(name="q0_e", init=1), Signal(name="q1_e", init=1)  # selects
+        q0 = Signal(layout, name="q0", reset_less=True)
+        q1 = Signal(layout, name="q1", reset_less=True)
         incoming = Signal(layout)
         m.d.comb += [incoming.data.eq(self.r_data), incoming.tag.eq(tag_d)]
 
         # Issue only while every word already stored or in flight, plus this one, fits:
         # a function of registers alone (this cycle's pop is not counted).
         room = Signal()
-        m.d.comb += room.eq(head_v + q0_v + q1_v + inflight
-                            < self.DEPTH)
+        m.d.comb += room.eq(~head_e + q0_v + q1_v + inflight < self.DEPTH)
         issue = Signal()
         m.d.comb += [
             self.req.ready.eq(room),
@@ -263,22 +272,29 @@ class ReadStreamer(wiring.Component):
             self.r_en.eq(issue),
             self.count.eq(issue),
         ]
-        m.d.sync += inflight.eq(issue)
+        m.d.sync += [inflight.eq(issue), inflight_e.eq(~issue)]
         with m.If(issue):
             m.d.sync += tag_d.eq(self.req.payload.tag)
 
         # The head takes the oldest word whenever it is empty or being read.  q1 only
         # ever holds the incoming word (with q1 full nothing is in flight), q0 the
-        # incoming one or q1's.
+        # incoming one or q1's.  q1 is full only while q0 is, so "q0 and q1 full" is
+        # q1_v alone.
         load = Signal()
-        m.d.comb += load.eq(~head_v | self.resp.ready)
+        m.d.comb += load.eq(head_e | self.resp.ready)
+        nxt_h, nxt_0, nxt_1 = Signal(), Signal(), Signal()
         with m.If(load):
-            m.d.sync += [head.eq(Mux(q0_v, q0, incoming)), head_v.eq(q0_v | inflight),
-                         q0_v.eq(q0_v & (q1_v | inflight)), q1_v.eq(0)]
+            m.d.comb += [nxt_h.eq(q0_v | inflight), nxt_0.eq(q0_v & (q1_v | inflight)),
+                         nxt_1.eq(0)]
         with m.Else():
-            m.d.sync += [q0_v.eq(q0_v | inflight), q1_v.eq(q1_v | (q0_v & inflight))]
-        with m.If(~q0_v | load):
-            m.d.sync += q0.eq(Mux(q0_v & q1_v, q1, incoming))
-        with m.If(inflight):
+            m.d.comb += [nxt_h.eq(~head_e), nxt_0.eq(q0_v | inflight),
+                         nxt_1.eq(q1_v | (q0_v & inflight))]
+        m.d.sync += [head_v.eq(nxt_h), head_e.eq(~nxt_h), q0_v.eq(nxt_0), q0_e.eq(~nxt_0),
+                     q1_v.eq(nxt_1), q1_e.eq(~nxt_1)]
+        with m.If(head_e | self.resp.ready):
+            m.d.sync += head.eq(Mux(q0_e, incoming, q0))
+        with m.If(q0_e | head_e | self.resp.ready):
+            m.d.sync += q0.eq(Mux(q1_e, incoming, q1))
+        with m.If(~inflight_e):
             m.d.sync += q1.eq(incoming)
         return m
