@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -141,7 +141,8 @@ class HostInterface(wiring.Component):
     desc_w_addr, desc_w_data, desc_w_en : Out — descriptor RAM write port
     desc_r_addr, desc_r_en : Out; desc_r_data : In — second descriptor RAM read port
     mem_w_id, mem_w_addr, mem_w_data, mem_w_en : Out — one memory write
-    mem_r_id, mem_r_addr, mem_r_en : Out; mem_r_data : In — one memory read (1 cycle)
+    mem_r_id, mem_r_addr, mem_r_en : Out; mem_r_data : In — one memory read (data two cycles
+        after ``mem_r_en``: the block RAM output is registered before the select)
     """
 
     def __init__(self, config: SDConfig, mems: Mapping[int, tuple[int, int]], ident: int,
@@ -284,6 +285,7 @@ class HostInterface(wiring.Component):
         # read is taken until the response is accepted)
         is_desc, is_lc, is_cnt = Signal(), Signal(), Signal()
         lc_word, cnt_word, reg_word = Signal(32), Signal(32), Signal(32)
+        desc_word = Signal(32)
         lc_idx = (rd_addr - LAYER_CYCLES_BASE)[2:]
         cnt_idx = (rd_addr - Reg.COUNTERS)[2:]
         reg_value = Signal(32)
@@ -304,11 +306,14 @@ class HostInterface(wiring.Component):
                 cnt_word.eq(self.counters.as_value().word_select(
                     cnt_idx[:max(1, (self.n_counters - 1).bit_length())], 32)),
                 reg_word.eq(reg_value),
+                # the descriptor RAM's output straight into a register (block RAM data
+                # arrives late: no select in front of it)
+                desc_word.eq(self.desc_r_data),
             ]
         # stage 3: the response
         with m.If(rd_sel):
             m.d.sync += [rd_sel.eq(0), self.s_axil_rvalid.eq(1),
-                         self.s_axil_rdata.eq(Mux(is_desc, self.desc_r_data,
+                         self.s_axil_rdata.eq(Mux(is_desc, desc_word,
                                                   Mux(is_lc, lc_word,
                                                       Mux(is_cnt, cnt_word, reg_word))))]
 
@@ -342,7 +347,10 @@ class HostInterface(wiring.Component):
                 with m.Case(k):
                     m.d.comb += [beats.eq(beats_per_word(w)), depth.eq(dp), known.eq(1)]
 
-        m.d.sync += [over.eq(addr + count > depth), c0.eq(count == 0)]
+        # the range check in two steps, one carry chain each: room = depth - addr from
+        # the registers of beat 0 (valid from SUM), then over = count > room (valid in CHECK)
+        room = Signal(signed(26))
+        m.d.sync += [room.eq(depth - addr), over.eq(count > room), c0.eq(count == 0)]
 
         take = Signal()
         m.d.comb += take.eq(self.s_axis_tvalid & self.s_axis_tready)
@@ -445,7 +453,10 @@ class HostInterface(wiring.Component):
                 # the memories' read ports belong to the datapath while it runs
                 with m.If(~self.busy):
                     m.d.comb += self.mem_r_en.eq(1)
-                    m.next = "RD_LATCH"
+                    m.next = "RD_WAIT"
+            with m.State("RD_WAIT"):
+                # the block RAM outputs are registered once before the select
+                m.next = "RD_LATCH"
             with m.State("RD_LATCH"):
                 m.d.sync += [out_word.eq(self.mem_r_data), out_beat.eq(0)]
                 m.next = "RD_SEND"

@@ -234,11 +234,17 @@ class AcceleratorTop(wiring.Component):
         if self.kind == "sd":
             read_pairs.append((mems["basis"], dp.b_r_addr, dp.b_r_en, dp.b_r_data,
                                MemId.BASIS))
-        # Host reads: the memory that answers is a registered one-hot select (set with
-        # the read), and the read data an AND-OR of the block RAM outputs, so the late
-        # RAM data passes two LUT levels to the host's word register.
+        # Host reads: every block RAM output goes straight into a register of its own
+        # (the late RAM data meets no logic), then an AND-OR with the registered one-hot
+        # select (set with the read) feeds the host's word register: the data reaches the
+        # host two cycles after the read.
         r_sel = Signal(len(read_pairs) + S)
         host_rd = []
+
+        def hold(v):
+            q = Signal(len(v), name=f"host_q{len(host_rd)}")
+            m.d.sync += q.eq(v)
+            return q
         for ram, addr, en, rdata, mid in read_pairs:
             m.d.comb += rdata.eq(ram.r_data)
             with m.If(busy):
@@ -248,7 +254,7 @@ class AcceleratorTop(wiring.Component):
                              ram.r_en.eq(host.mem_r_en & (host.mem_r_id == mid))]
             with m.If(host.mem_r_en):
                 m.d.sync += r_sel[len(host_rd)].eq(host.mem_r_id == mid)
-            host_rd.append(Mux(r_sel[len(host_rd)], ram.r_data, 0))
+            host_rd.append(Mux(r_sel[len(host_rd)], hold(ram.r_data), 0))
             # weight memories are written only by the host
             m.d.comb += [ram.w_addr.eq(host.mem_w_addr), ram.w_data.eq(host.mem_w_data),
                          ram.w_en.eq(host.mem_w_en & (host.mem_w_id == mid) & ~busy)]
@@ -269,7 +275,7 @@ class AcceleratorTop(wiring.Component):
                              ram.w_en.eq(Cat(*[host.mem_w_en & host_wsel] * cfg.lanes))]
             with m.If(host.mem_r_en):
                 m.d.sync += r_sel[len(host_rd)].eq(host_sel)
-            host_rd.append(Mux(r_sel[len(host_rd)], ram.r_data, 0))
+            host_rd.append(Mux(r_sel[len(host_rd)], hold(ram.r_data), 0))
         m.d.comb += host.mem_r_data.eq(functools.reduce(operator.or_, host_rd))
         return m
 
