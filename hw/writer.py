@@ -163,6 +163,17 @@ class ResultWriter(wiring.Component):
         def digits(sig, q, l, s_):
             return [sig.q.eq(q), sig.l.eq(l), sig.s.eq(s_)]
 
+        # digit steps with a per-layer constant: the q digit picks one of two sums (step
+        # and step + 1, the latter's constant registered at the layer start) by the carry
+        # of the low digits, so one carry chain, not two in series, feeds the q register
+        hw_q1 = Signal(len(d.HW_Q) + 1)
+        ghw_q1 = Signal(len(d.GHW_Q) + 1)
+
+        def step(a, dq, dq1, dl, ds):
+            _, l_new, s_new = mixed_add(a, 0, dl, ds, L, S)
+            c2 = (a.l + dl + ((a.s + ds) >= S)) >= L
+            return Mux(c2, a.q + dq1, a.q + dq), l_new, s_new
+
         pm_next = Signal(ml)
         f0_next = Signal(ml)
         g_next = Signal(ml)       # fsnap + one group step
@@ -171,9 +182,9 @@ class ResultWriter(wiring.Component):
         with m.Else():
             m.d.comb += digits(pm_next, *mixed_add(pm, 0, 0, 1, L, S))
             m.d.comb += digits(f0_next, *mixed_add(f0, 0, 0, 1, L, S))
-        m.d.comb += digits(g_next, *mixed_add(fsnap, d.GHW_Q, d.GHW_L, d.GHW_S, L, S))
+        m.d.comb += digits(g_next, *step(fsnap, d.GHW_Q, ghw_q1, d.GHW_L, d.GHW_S))
         gb_step = Signal(ml)
-        m.d.comb += digits(gb_step, *mixed_add(gb, d.GHW_Q, d.GHW_L, d.GHW_S, L, S))
+        m.d.comb += digits(gb_step, *step(gb, d.GHW_Q, ghw_q1, d.GHW_L, d.GHW_S))
 
         # ---- one result: feature-map word, or the scatter of its lanes --------------------
         # Registered end-of-count flags keep the compares off the path from the FIFO head
@@ -235,7 +246,7 @@ class ResultWriter(wiring.Component):
                 m.d.sync += lidx.eq(0)
             with m.Else():
                 m.d.sync += [lidx.eq(lidx + 1), lane_last.eq(lidx + 2 >= n_lanes),
-                             *digits(fcur, *mixed_add(f, d.HW_Q, d.HW_L, d.HW_S, L, S))]
+                             *digits(fcur, *step(f, d.HW_Q, hw_q1, d.HW_L, d.HW_S))]
 
         # ---- counters after a finished result ------------------------------------------------
         m.d.sync += [self.done.eq(0), self.error.eq(0)]
@@ -297,6 +308,7 @@ class ResultWriter(wiring.Component):
                          n_lanes.eq(lanes_from(0)), nl1.eq(lanes_from(0) <= 1),
                          nl0.eq(lanes_from(0)), ng2.eq(d.N_GROUPS - 2),
                          left1.eq(d.COUT - L),
+                         hw_q1.eq(d.HW_Q + 1), ghw_q1.eq(d.GHW_Q + 1),
                          left_nn.eq(d.COUT - 2 * L), left_c.eq(d.COUT - 2 * L),
                          lane_last.eq(lanes_from(0) <= 1), running.eq(1),
                          w1.eq(d.OUT_W <= 1), h1.eq(d.OUT_H <= 1)]
