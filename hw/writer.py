@@ -141,9 +141,13 @@ class ResultWriter(wiring.Component):
         m.d.comb += scatter.eq((d.FLAGS & FLAG_SCATTER) != 0)
 
         # ---- next position ---------------------------------------------------------------
+        # ox + 2 >= OUT_W with ox < OUT_W - 1 (the line's last not reached) is ox == OUT_W - 2:
+        # an equality with a per-layer constant (wrapped values never match), same for oy
+        ow2 = Signal(len(d.OUT_W) + 1, name="ow2")
+        oh2 = Signal(len(d.OUT_H) + 1, name="oh2")
         m.d.comb += nxt.eq(cur)
         with m.If(~cur.oxl):
-            m.d.comb += [nxt.ox.eq(cur.ox + 1), nxt.oxl.eq(cur.ox + 2 >= d.OUT_W)]
+            m.d.comb += [nxt.ox.eq(cur.ox + 1), nxt.oxl.eq(cur.ox == ow2)]
             with m.If(cur.oxm == S - 1):
                 m.d.comb += [nxt.oxm.eq(0), nxt.wbase.eq(cur.wbase + 1)]
             with m.Else():
@@ -151,7 +155,7 @@ class ResultWriter(wiring.Component):
         with m.Else():
             m.d.comb += [nxt.ox.eq(0), nxt.oxm.eq(0), nxt.oxl.eq(w1)]
             with m.If(~cur.oyl):
-                m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.oyl.eq(cur.oy + 2 >= d.OUT_H),
+                m.d.comb += [nxt.oy.eq(cur.oy + 1), nxt.oyl.eq(cur.oy == oh2),
                              nxt.lw.eq(cur.lw + d.OUT_WQ), nxt.wbase.eq(cur.lw + d.OUT_WQ)]
             with m.Else():
                 m.d.comb += [nxt.oy.eq(0), nxt.oyl.eq(h1), nxt.b.eq(cur.b + 1),
@@ -309,6 +313,7 @@ class ResultWriter(wiring.Component):
                          nl0.eq(lanes_from(0)), ng2.eq(d.N_GROUPS - 2),
                          left1.eq(d.COUT - L),
                          hw_q1.eq(d.HW_Q + 1), ghw_q1.eq(d.GHW_Q + 1),
+                         ow2.eq(d.OUT_W - 2), oh2.eq(d.OUT_H - 2),
                          left_nn.eq(d.COUT - 2 * L), left_c.eq(d.COUT - 2 * L),
                          lane_last.eq(lanes_from(0) <= 1), running.eq(1),
                          w1.eq(d.OUT_W <= 1), h1.eq(d.OUT_H <= 1)]
