@@ -193,7 +193,7 @@ class SparseDecoder(wiring.Component):
         buf = Signal(W * (wpr - 1)) if wpr > 1 else None
         prev_row = Signal(cfg.row_bits)        # row field of the previous complete slot
         prev_block = Signal(cfg.block_bits)
-        mem = [Signal(entry, name=f"slot{k}") for k in range(2)]
+        mem = [Signal(entry, name=f"slot{k}", reset_less=True) for k in range(2)]
         wptr, rptr = Signal(), Signal()
         count = Signal(range(3))               # slots held (0 ... 2)
         nonempty, full = Signal(), Signal()    # registered views of `count`
@@ -241,9 +241,13 @@ class SparseDecoder(wiring.Component):
             new.rec_pad.eq(rpad != 0),
         ]
         m.d.comb += new.block_ne.eq(new.block != prev_block)
-        # Slot registers load on `push` alone (a write pointer, no read-side term).
+        # The slot under the write pointer is free whenever the buffer is not full (with
+        # one slot held it is the other one; with none, stage 2 does not read it), so it
+        # loads every such cycle, pushed or not: its enable is `wptr` and `full` alone,
+        # two flip-flops, not the word handshake (`push` only moves the pointer and the
+        # count, which decide whether the slot counts).
         for k in range(2):
-            with m.If(push & (wptr == k)):
+            with m.If(~full & (wptr == k)):
                 m.d.sync += mem[k].eq(new)
         with m.If(take):
             with m.If(completing):
