@@ -207,6 +207,10 @@ class ResultWriter(wiring.Component):
         nt3 = Signal(ntw)
         ts2, tile_m2, last_m2 = (Signal(g.tile + 1, name=n) for n in ("ts2", "tile_m2", "last_m2"))
 
+        def le1(left):
+            # min(left, lanes) <= 1 for the channels left: always true with one lane
+            return (left <= 1) | (L <= 1)
+
         def lanes_from(c):
             left = d.COUT - c
             return Mux(left < L, left, L)
@@ -278,7 +282,7 @@ class ResultWriter(wiring.Component):
                 with m.Else():
                     m.d.sync += [t_last.eq(ts1), grp_last.eq(group == ng2),
                                  n_lanes.eq(nl_n), lane_last.eq(ll_n),
-                                 nl_n.eq(Mux(left_nn < L, left_nn, L)), ll_n.eq(left_nn <= 1),
+                                 nl_n.eq(Mux(left_nn < L, left_nn, L)), ll_n.eq(le1(left_nn)),
                                  left_nn.eq(left_nn - L)]
                     m.d.sync += [group.eq(group + 1), grp_off.eq(grp_off + d.OUT_CGP),
                                  cur.eq(snap),
@@ -294,8 +298,8 @@ class ResultWriter(wiring.Component):
         ls1 = Signal()
         m.d.sync += ls1.eq(self.layer_start)
         with m.If(ls1):
-            m.d.sync += [nl_n.eq(Mux(left1 < L, left1, L)), ll_n.eq(left1 <= 1),
-                         nl_c.eq(Mux(left1 < L, left1, L)), ll_c.eq(left1 <= 1)]
+            m.d.sync += [nl_n.eq(Mux(left1 < L, left1, L)), ll_n.eq(le1(left1)),
+                         nl_c.eq(Mux(left1 < L, left1, L)), ll_c.eq(le1(left1))]
         with m.If(self.layer_start):
             first_size = Mux(d.N_TILES == 1, d.LAST_TILE, d.TILE)
             first_1 = Mux(d.N_TILES == 1, d.LAST_TILE == 1, d.TILE == 1)
