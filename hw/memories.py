@@ -37,14 +37,21 @@ def addr_bits(depth: int) -> int:
 #: simulator or synthesis tool next to the generated design (`SyncRAM.verilog_sources`).
 SD_RAM_VERILOG = r"""// sd_ram: 1R1W synchronous RAM, contents from a $readmemh file parameter.
 // Generated designs instantiate it with INIT_FILE set; replacing the file changes the
-// weights without regenerating any Verilog.  Read-old-data on a same-address collision,
-// one cycle read latency, r_data held while r_en is low (like Amaranth's lib.memory).
+// weights without regenerating any Verilog.  One cycle read latency, r_data held while
+// r_en is low (like Amaranth's lib.memory).
+// COLLISION_FREE = 0: read-old-data when one cycle reads and writes the same address.
+//   Block RAMs without that guarantee (ECP5 DP16KD in pseudo-dual-port mode) need
+//   synthesis to emulate it with a delayed write and a bypass after the RAM output.
+// COLLISION_FREE = 1: the user guarantees that no cycle reads and writes the same
+//   address (no_rw_check: no emulation logic); a simulator stops with an error naming
+//   the memory and the address if that ever happens.
 module sd_ram #(
     parameter integer WIDTH = 8,
     parameter integer DEPTH = 16,
     parameter integer ABITS = 4,
     parameter integer GRAN = 8,
-    parameter INIT_FILE = ""
+    parameter INIT_FILE = "",
+    parameter integer COLLISION_FREE = 0
 ) (
     input  wire                   clk,
     input  wire [ABITS-1:0]       r_addr,
@@ -54,22 +61,47 @@ module sd_ram #(
     input  wire [WIDTH-1:0]       w_data,
     input  wire [WIDTH/GRAN-1:0]  w_en
 );
-    reg [WIDTH-1:0] mem [0:DEPTH-1];
     integer i;
-    initial begin
-        r_data = {WIDTH{1'b0}};
-        for (i = 0; i < DEPTH; i = i + 1)
-            mem[i] = {WIDTH{1'b0}};
-        if (INIT_FILE != "")
-            $readmemh(INIT_FILE, mem);
-    end
-    always @(posedge clk) begin
-        if (r_en)
-            r_data <= mem[r_addr];
-        for (i = 0; i < WIDTH / GRAN; i = i + 1)
-            if (w_en[i])
-                mem[w_addr][i * GRAN +: GRAN] <= w_data[i * GRAN +: GRAN];
-    end
+    initial r_data = {WIDTH{1'b0}};
+    generate if (COLLISION_FREE) begin : nc
+        (* no_rw_check *) reg [WIDTH-1:0] mem [0:DEPTH-1];
+        initial begin
+            for (i = 0; i < DEPTH; i = i + 1)
+                mem[i] = {WIDTH{1'b0}};
+            if (INIT_FILE != "")
+                $readmemh(INIT_FILE, mem);
+        end
+        always @(posedge clk) begin
+            if (r_en)
+                r_data <= mem[r_addr];
+            for (i = 0; i < WIDTH / GRAN; i = i + 1)
+                if (w_en[i])
+                    mem[w_addr][i * GRAN +: GRAN] <= w_data[i * GRAN +: GRAN];
+        end
+`ifndef SYNTHESIS
+        // synthesis translate_off
+        always @(posedge clk)
+            if (r_en && (|w_en) && r_addr == w_addr)
+                $fatal(1, "sd_ram %m (COLLISION_FREE): address %0d read and written in one cycle",
+                       r_addr);
+        // synthesis translate_on
+`endif
+    end else begin : rf
+        reg [WIDTH-1:0] mem [0:DEPTH-1];
+        initial begin
+            for (i = 0; i < DEPTH; i = i + 1)
+                mem[i] = {WIDTH{1'b0}};
+            if (INIT_FILE != "")
+                $readmemh(INIT_FILE, mem);
+        end
+        always @(posedge clk) begin
+            if (r_en)
+                r_data <= mem[r_addr];
+            for (i = 0; i < WIDTH / GRAN; i = i + 1)
+                if (w_en[i])
+                    mem[w_addr][i * GRAN +: GRAN] <= w_data[i * GRAN +: GRAN];
+        end
+    end endgenerate
 endmodule
 """
 
@@ -94,6 +126,13 @@ class SyncRAM(wiring.Component):
         Exclusive with ``init``.  A design using it cannot run in the Amaranth simulator.
     name : str
         Name used in error messages.
+    collision_free : bool
+        The user of the RAM never reads and writes one address in the same cycle (the
+        activation banks: a layer reads its input region and writes its output region,
+        which the compiler places apart).  Synthesis then needs no logic to emulate
+        read-old-data on a collision (on ECP5 a delayed write and a bypass behind the
+        block RAM output, the slowest path of the accelerator); a simulation stops with an
+        error if the promise is broken.  Only for the ``sd_ram`` form (no ``init``).
 
     Attributes
     ----------
@@ -108,7 +147,7 @@ class SyncRAM(wiring.Component):
 
     def __init__(self, width: int, depth: int, *, granularity: int | None = None,
                  init: Sequence[int] | None = None, init_file: str | None = None,
-                 name: str = "ram"):
+                 name: str = "ram", collision_free: bool = False):
         for key, value in (("width", width), ("depth", depth)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: {key} must be a positive int, got {value!r}")
@@ -131,6 +170,9 @@ class SyncRAM(wiring.Component):
                                       or '"' in init_file):
             raise ValueError(f"{name}: init_file must be a non-empty file name without "
                              f"quotes, got {init_file!r}")
+        if collision_free and init is not None:
+            raise ValueError(f"{name}: collision_free needs the sd_ram form (no baked init)")
+        self.collision_free = bool(collision_free)
         self.width, self.depth, self.granularity = width, depth, gran
         self.init, self.init_file, self.name = init, init_file, name
         abits = addr_bits(depth)
@@ -161,6 +203,7 @@ class SyncRAM(wiring.Component):
                 "sd_ram",
                 p_WIDTH=self.width, p_DEPTH=self.depth, p_ABITS=addr_bits(self.depth),
                 p_GRAN=self.granularity, p_INIT_FILE=self.init_file or "",
+                p_COLLISION_FREE=int(self.collision_free),
                 i_clk=ClockSignal(), i_r_addr=self.r_addr, i_r_en=self.r_en,
                 o_r_data=self.r_data, i_w_addr=self.w_addr, i_w_data=self.w_data,
                 i_w_en=self.w_en)

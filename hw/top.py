@@ -143,8 +143,11 @@ class AcceleratorTop(wiring.Component):
         if self.kind == "sd":
             mems["basis"] = self._ram("basis", cfg.basis_word_bits, cfg.basis_depth)
         for j in range(cfg.basis_size):
+            # a layer reads its input region and writes its output region, placed apart
+            # (`hw.program` ping-pong), and the host uses the banks only while idle
             mems[f"act{j}"] = SyncRAM(cfg.lanes * cfg.act_bits, act_bank_depth(cfg),
-                                      granularity=cfg.act_bits, name=f"act{j}")
+                                      granularity=cfg.act_bits, name=f"act{j}",
+                                      collision_free=True)
         return mems
 
     @property
