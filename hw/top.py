@@ -266,16 +266,30 @@ class AcceleratorTop(wiring.Component):
             m.d.comb += dp.act_rd_data[j].eq(ram.r_data)
             host_sel = (host.mem_r_addr[g.act:] == j) & (host.mem_r_id == MemId.ACT)
             host_wsel = (host.mem_w_addr[g.act:] == j) & (host.mem_w_id == MemId.ACT)
+            # The datapath's writes reach the bank through one register: the writer's
+            # address and data logic and the block RAM's write port sit far apart (the
+            # slowest path after the other fixes).  The writer pulses ``done`` the cycle
+            # after its last write and the next layer reads two or more cycles after
+            # that, so the delayed write always lands first; the host writes only while
+            # idle, long after the run's last write.
+            wq_addr = Signal.like(dp.act_wr_addr[j], name=f"act{j}_wq_addr")
+            wq_data = Signal.like(dp.act_wr_data[j], name=f"act{j}_wq_data")
+            wq_en = Signal.like(dp.act_wr_en[j], name=f"act{j}_wq_en")
+            m.d.sync += [wq_addr.eq(dp.act_wr_addr[j]), wq_data.eq(dp.act_wr_data[j]),
+                         wq_en.eq(Mux(busy, dp.act_wr_en[j], 0))]
             with m.If(busy):
-                m.d.comb += [ram.r_addr.eq(dp.act_rd_addr[j]), ram.r_en.eq(dp.act_rd_en),
-                             ram.w_addr.eq(dp.act_wr_addr[j]), ram.w_data.eq(dp.act_wr_data[j]),
-                             ram.w_en.eq(dp.act_wr_en[j])]
+                m.d.comb += [ram.r_addr.eq(dp.act_rd_addr[j]), ram.r_en.eq(dp.act_rd_en)]
             with m.Else():
                 m.d.comb += [ram.r_addr.eq(host.mem_r_addr[:g.act]),
-                             ram.r_en.eq(host.mem_r_en & host_sel),
-                             ram.w_addr.eq(host.mem_w_addr[:g.act]),
+                             ram.r_en.eq(host.mem_r_en & host_sel)]
+            with m.If(wq_en.any()):
+                m.d.comb += [ram.w_addr.eq(wq_addr), ram.w_data.eq(wq_data),
+                             ram.w_en.eq(wq_en)]
+            with m.Else():
+                m.d.comb += [ram.w_addr.eq(host.mem_w_addr[:g.act]),
                              ram.w_data.eq(host.mem_w_data),
-                             ram.w_en.eq(Cat(*[host.mem_w_en & host_wsel] * cfg.lanes))]
+                             ram.w_en.eq(Cat(*[host.mem_w_en & host_wsel & ~busy]
+                                             * cfg.lanes))]
             with m.If(host.mem_r_en):
                 m.d.sync += r_sel[len(host_rd)].eq(host_sel)
             host_rd.append(Mux(r_sel[len(host_rd)], hold(ram.r_data), 0))
