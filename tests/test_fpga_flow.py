@@ -125,3 +125,23 @@ def test_harness_refuses_inout_and_outputless_designs():
         harness_verilog("t", [Port("io", "inout", 1), Port("o", "output", 1)])
     with pytest.raises(ValueError, match="no outputs"):
         harness_verilog("t", [Port("i", "input", 4)])
+
+
+def test_block_breakdown_gives_up_without_failing_the_design(monkeypatch, tmp_path):
+    """A per-block synthesis of the whole design that hangs (yosys' ABC9) is cut at the
+    cap and leaves no breakdown; the blocks' own failures are listed; nothing raises."""
+    from fpga import flow
+    src = tmp_path / "d.v"
+    src.write_text("module leaf(input a, output b); assign b = a; endmodule\n"
+                   "module top(input a, output b); leaf u(.a(a), .b(b)); endmodule\n")
+    design = VerilogDesign("top", (src,))
+    caps = []
+
+    def hang_on_total(design_, dev, workdir, target, tag, dsp, timeout_s):
+        caps.append(timeout_s)
+        raise tools.ToolError(f"yosys did not finish within {timeout_s} s (log: x)")
+    monkeypatch.setattr(flow, "_synth_stat", hang_on_total)
+    per = flow.block_stats(design, device("ecp5-25k"), tmp_path, timeout_s=3600)
+    assert per["blocks"] == {}
+    assert "did not finish" in per["failed"]["(total)"]
+    assert caps == [flow.BLOCK_SYNTH_TIMEOUT_S]
