@@ -25,6 +25,8 @@ the Amaranth simulator, which cannot run Verilog.
 
 from __future__ import annotations
 
+import textwrap
+
 from amaranth import ClockSignal, Instance, Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -38,60 +40,8 @@ DSP_WIDTH = 18
 #: File name of the generic module in generated folders.
 SD_MUL_FILE = "sd_mul.v"
 
-SD_MUL_VERILOG = r"""// sd_mul: registered multiplier p = a_q * b_q (two cycles from a/b to p).
-// Input registers a_q/b_q, a multiply, an output register; all enabled by ce; no reset.
-// Unsigned operands are zero-extended by one bit, so every product is signed x signed.
-// Behavioural and vendor-neutral: synthesis tools map it to a DSP block with its input
-// and output registers.  sd_mul_ecp5.v is the same module built on ECP5's MULT18X18D.
-module sd_mul #(
-    parameter integer A_WIDTH = 18,
-    parameter integer A_SIGNED = 1,
-    parameter integer B_WIDTH = 18,
-    parameter integer B_SIGNED = 1,
-    parameter integer P_WIDTH = 36
-) (
-    input  wire               clk,
-    input  wire               ce,
-    input  wire [A_WIDTH-1:0] a,
-    input  wire [B_WIDTH-1:0] b,
-    output reg  [P_WIDTH-1:0] p
-);
-    localparam integer AX = A_WIDTH + (A_SIGNED ? 0 : 1);
-    localparam integer BX = B_WIDTH + (B_SIGNED ? 0 : 1);
-    reg  [A_WIDTH-1:0] a_q;
-    reg  [B_WIDTH-1:0] b_q;
-    wire signed [AX-1:0] a_x;
-    wire signed [BX-1:0] b_x;
-    generate
-        if (A_SIGNED) begin : g_a
-            assign a_x = a_q;
-        end else begin : g_a
-            assign a_x = {1'b0, a_q};
-        end
-        if (B_SIGNED) begin : g_b
-            assign b_x = b_q;
-        end else begin : g_b
-            assign b_x = {1'b0, b_q};
-        end
-    endgenerate
-    wire signed [AX+BX-1:0] full = a_x * b_x;
-    always @(posedge clk) begin
-        if (ce) begin
-            a_q <= a;
-            b_q <= b;
-            p <= full[P_WIDTH-1:0];
-        end
-    end
-endmodule
-"""
-
-SD_MUL_ECP5_VERILOG = r"""// sd_mul for Lattice ECP5: the same module as sd_mul.v (parameters, ports, behaviour),
-// built on one MULT18X18D with its A/B input registers and its output register clocked
-// by CLK0 = clk and enabled by CE0 = ce (RST0 = 0, no pipeline register, GSR off), so
-// p = a_q * b_q two cycles after a/b, and nextpnr times the block register to register.
-// Operands are extended to 18 bits and multiplied signed x signed; operands that do not
-// fit (an unsigned 18-bit operand or anything wider) use the behavioural registers.
-module sd_mul #(
+#: Parameters and ports of ``sd_mul``, the same in every text of the module.
+_SD_MUL_HEADER = r"""module sd_mul #(
     parameter integer A_WIDTH = 18,
     parameter integer A_SIGNED = 1,
     parameter integer B_WIDTH = 18,
@@ -106,7 +56,50 @@ module sd_mul #(
 );
     localparam integer AX = A_WIDTH + (A_SIGNED ? 0 : 1);
     localparam integer BX = B_WIDTH + (B_SIGNED ? 0 : 1);
-    generate
+"""
+
+#: The behavioural registers and multiply: the whole generic module, and the ECP5 text's
+#: fallback for operands wider than one block.
+_SD_MUL_BEHAVIOURAL = r"""reg  [A_WIDTH-1:0] a_q;
+reg  [B_WIDTH-1:0] b_q;
+reg  [P_WIDTH-1:0] p_q;
+wire signed [AX-1:0] a_x;
+wire signed [BX-1:0] b_x;
+if (A_SIGNED) begin : g_a
+    assign a_x = a_q;
+end else begin : g_a
+    assign a_x = {1'b0, a_q};
+end
+if (B_SIGNED) begin : g_b
+    assign b_x = b_q;
+end else begin : g_b
+    assign b_x = {1'b0, b_q};
+end
+wire signed [AX+BX-1:0] full = a_x * b_x;
+always @(posedge clk) begin
+    if (ce) begin
+        a_q <= a;
+        b_q <= b;
+        p_q <= full[P_WIDTH-1:0];
+    end
+end
+assign p = p_q;
+"""
+
+SD_MUL_VERILOG = r"""// sd_mul: registered multiplier p = a_q * b_q (two cycles from a/b to p).
+// Input registers a_q/b_q, a multiply, an output register; all enabled by ce; no reset.
+// Unsigned operands are zero-extended by one bit, so every product is signed x signed.
+// Behavioural and vendor-neutral: synthesis tools map it to a DSP block with its input
+// and output registers.  sd_mul_ecp5.v is the same module built on ECP5's MULT18X18D.
+""" + _SD_MUL_HEADER + textwrap.indent(_SD_MUL_BEHAVIOURAL, " " * 4) + "endmodule\n"
+
+SD_MUL_ECP5_VERILOG = r"""// sd_mul for Lattice ECP5: the same module as sd_mul.v (parameters, ports, behaviour),
+// built on one MULT18X18D with its A/B input registers and its output register clocked
+// by CLK0 = clk and enabled by CE0 = ce (RST0 = 0, no pipeline register, GSR off), so
+// p = a_q * b_q two cycles after a/b, and nextpnr times the block register to register.
+// Operands are extended to 18 bits and multiplied signed x signed; operands that do not
+// fit (an unsigned 18-bit operand or anything wider) use the behavioural registers.
+""" + _SD_MUL_HEADER + r"""    generate
         if (AX <= 18 && BX <= 18 && P_WIDTH <= 36) begin : g_dsp
             // sign- (signed) or zero- (unsigned) extension to the block's 18 bits
             wire [17:0] ax;
@@ -152,31 +145,7 @@ module sd_mul #(
             );
             assign p = px[P_WIDTH-1:0];
         end else begin : g_wide
-            reg  [A_WIDTH-1:0] a_q;
-            reg  [B_WIDTH-1:0] b_q;
-            reg  [P_WIDTH-1:0] p_q;
-            wire signed [AX-1:0] a_x;
-            wire signed [BX-1:0] b_x;
-            if (A_SIGNED) begin : g_a
-                assign a_x = a_q;
-            end else begin : g_a
-                assign a_x = {1'b0, a_q};
-            end
-            if (B_SIGNED) begin : g_b
-                assign b_x = b_q;
-            end else begin : g_b
-                assign b_x = {1'b0, b_q};
-            end
-            wire signed [AX+BX-1:0] full = a_x * b_x;
-            always @(posedge clk) begin
-                if (ce) begin
-                    a_q <= a;
-                    b_q <= b;
-                    p_q <= full[P_WIDTH-1:0];
-                end
-            end
-            assign p = p_q;
-        end
+""" + textwrap.indent(_SD_MUL_BEHAVIOURAL, " " * 12) + r"""        end
     endgenerate
 endmodule
 """

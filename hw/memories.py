@@ -19,6 +19,7 @@ either.  Unwritten words read as 0 in both.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 from amaranth import ClockSignal, Instance, Module, Mux, Signal, unsigned
@@ -31,6 +32,30 @@ __all__ = ["SyncRAM", "ReadStreamer", "SD_RAM_VERILOG", "addr_bits", "collect_ve
 def addr_bits(depth: int) -> int:
     """Address width of a memory of ``depth`` words (at least 1)."""
     return max(1, (depth - 1).bit_length())
+
+
+#: Storage, zero fill, ``$readmemh`` and ports of ``sd_ram``; each branch of its
+#: ``generate`` has one copy (a Verilog attribute cannot depend on a parameter, so the
+#: ``no_rw_check`` memory needs a branch of its own).
+_SD_RAM_STORAGE = r"""{attr}reg [WIDTH-1:0] mem [0:DEPTH-1];
+initial begin
+    for (i = 0; i < DEPTH; i = i + 1)
+        mem[i] = {{WIDTH{{1'b0}}}};
+    if (INIT_FILE != "")
+        $readmemh(INIT_FILE, mem);
+end
+always @(posedge clk) begin
+    if (r_en)
+        r_data <= mem[r_addr];
+    for (i = 0; i < WIDTH / GRAN; i = i + 1)
+        if (w_en[i])
+            mem[w_addr][i * GRAN +: GRAN] <= w_data[i * GRAN +: GRAN];
+end
+"""
+
+
+def _sd_ram_storage(attr: str) -> str:
+    return textwrap.indent(_SD_RAM_STORAGE.format(attr=attr), " " * 8)
 
 
 #: Verilog source of the file-initialised RAM (module ``sd_ram``).  Pass it to the
@@ -64,21 +89,7 @@ module sd_ram #(
     integer i;
     initial r_data = {WIDTH{1'b0}};
     generate if (COLLISION_FREE) begin : nc
-        (* no_rw_check *) reg [WIDTH-1:0] mem [0:DEPTH-1];
-        initial begin
-            for (i = 0; i < DEPTH; i = i + 1)
-                mem[i] = {WIDTH{1'b0}};
-            if (INIT_FILE != "")
-                $readmemh(INIT_FILE, mem);
-        end
-        always @(posedge clk) begin
-            if (r_en)
-                r_data <= mem[r_addr];
-            for (i = 0; i < WIDTH / GRAN; i = i + 1)
-                if (w_en[i])
-                    mem[w_addr][i * GRAN +: GRAN] <= w_data[i * GRAN +: GRAN];
-        end
-`ifndef SYNTHESIS
+""" + _sd_ram_storage("(* no_rw_check *) ") + r"""`ifndef SYNTHESIS
         // synthesis translate_off
         always @(posedge clk)
             if (r_en && (|w_en) && r_addr == w_addr)
@@ -87,21 +98,7 @@ module sd_ram #(
         // synthesis translate_on
 `endif
     end else begin : rf
-        reg [WIDTH-1:0] mem [0:DEPTH-1];
-        initial begin
-            for (i = 0; i < DEPTH; i = i + 1)
-                mem[i] = {WIDTH{1'b0}};
-            if (INIT_FILE != "")
-                $readmemh(INIT_FILE, mem);
-        end
-        always @(posedge clk) begin
-            if (r_en)
-                r_data <= mem[r_addr];
-            for (i = 0; i < WIDTH / GRAN; i = i + 1)
-                if (w_en[i])
-                    mem[w_addr][i * GRAN +: GRAN] <= w_data[i * GRAN +: GRAN];
-        end
-    end endgenerate
+""" + _sd_ram_storage("") + r"""    end endgenerate
 endmodule
 """
 
