@@ -29,7 +29,7 @@ from golden.reference import run_int
 from hw.config import SDConfig
 from hw.program import compile_network, specs_from_qnet
 
-__all__ = ["prepare_network", "accelerator_factory", "pack_network", "batches",
+__all__ = ["prepare_network", "pack_network", "batches",
            "run_accelerator", "accelerator_verilog", "measure_sim_speed", "run_network",
            "RunResult", "trace_file", "sim_speed"]
 
@@ -160,17 +160,6 @@ def accelerator_verilog(config: SDConfig, kind: str = "sd", top: str | None = No
         text += "\n" + _sim_wrapper(core, top, top + "_sim")
         top = top + "_sim"
     return text, top
-
-
-def accelerator_factory(kind: str = "sd", **kwargs):
-    """A ``factory(config)`` for `tb.harness.run_cocotb`: Verilog text of the accelerator
-    (top module ``<kind>_accel``, or its ``_sim`` wrapper) with ``sd_ram`` appended."""
-
-    def factory(config):
-        return accelerator_verilog(config, kind, **kwargs)[0]
-
-    factory.__name__ = f"{kind}_accel"
-    return factory
 
 
 def _wrapper_ports(text: str, top: str) -> list[tuple[str, str, int]]:
