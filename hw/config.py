@@ -34,6 +34,11 @@ def _bits_for(value: int) -> int:
     return max(1, int(value).bit_length())
 
 
+#: Fields added after the first release, with the default that means "as before"
+#: (`SDConfig.fingerprint` leaves them out at that value).
+_LATE_FIELDS = {"rebuild_cycles": 1}
+
+
 @dataclass(frozen=True)
 class SDConfig:
     """Immutable, self-validating parameters of one SmartDeal accelerator build.
@@ -74,6 +79,15 @@ class SDConfig:
     acc_depth : int
         Accumulators per lane: output positions (pixels x batch) one pass of a group
         can hold; a layer with more positions is processed in position tiles.
+    rebuild_cycles : int
+        Cycles the basis array spends per coefficient row (``k``): it rebuilds
+        ``lanes // k`` lanes per cycle with one shared set of shifters and adder trees,
+        so its area shrinks about ``k``-fold while it delivers one row every ``k``
+        cycles.  1 = one row per cycle (full rate).  ``lanes`` must be a multiple of it.
+        The MAC lanes hold a row for as many cycles as its tile has output positions
+        (pixels x batch), so layers whose tile has fewer output positions than
+        ``rebuild_cycles`` (a fully connected layer at batch 1) become rebuild-bound.
+        It does not change the packed format.
     """
 
     basis_size: int = 3
@@ -97,6 +111,7 @@ class SDConfig:
     act_depth: int = 4096
     out_depth: int = 4096
     acc_depth: int = 256
+    rebuild_cycles: int = 1
 
     # ------------------------------------------------------------------ validation
     def __post_init__(self):
@@ -152,6 +167,15 @@ class SDConfig:
                 f"SDConfig.acc_bits ({self.acc_bits}) must be >= {min_acc} to hold one "
                 f"weight x activation product ({self.rebuilt_weight_bits}-bit rebuilt "
                 f"weight x {self.act_bits}-bit activation) plus a sign bit")
+        k = self.rebuild_cycles
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"SDConfig.rebuild_cycles must be an int, got {k!r}")
+        if not 1 <= k <= self.lanes:
+            raise ValueError(f"SDConfig.rebuild_cycles must be in [1, lanes={self.lanes}], "
+                             f"got {k!r}")
+        if self.lanes % k:
+            raise ValueError(f"SDConfig.rebuild_cycles ({k}) must divide lanes ({self.lanes}): "
+                             f"the basis array rebuilds lanes // rebuild_cycles lanes per cycle")
         if self.ce_word_bits is not None:
             if isinstance(self.ce_word_bits, bool) or not isinstance(self.ce_word_bits, int):
                 raise TypeError(f"SDConfig.ce_word_bits must be an int or None, "
@@ -344,9 +368,17 @@ class SDConfig:
         return cls.from_dict(data)
 
     def fingerprint(self) -> str:
-        """Short stable hash of the configuration (used for build caches)."""
+        """Short stable hash of the configuration (build caches, manifests, ``CONFIG_ID``).
+
+        Fields added after the first release (`_LATE_FIELDS`) count only when they differ
+        from their default, so a configuration keeps the fingerprint it had before they
+        existed (manifests written then still check).
+        """
         import hashlib
-        return hashlib.sha256(self.to_json(indent=None).encode()).hexdigest()[:12]
+        fields = {k: v for k, v in self.to_dict().items()
+                  if not (k in _LATE_FIELDS and v == _LATE_FIELDS[k])}
+        text = json.dumps(fields, separators=(", ", ": "), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def summary(self) -> str:
         return (f"S={self.basis_size} lanes={self.lanes} terms={self.terms} "

@@ -164,3 +164,33 @@ def test_derived_widths_hold_their_extremes(config):
     assert 2 ** c.acc_addr_bits >= c.acc_depth
     assert 2 ** c.group_bits > c.max_groups
     assert c.summary().startswith(f"S={c.basis_size} lanes={c.lanes}")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"rebuild_cycles": 0}, ValueError, r"rebuild_cycles must be in \[1, lanes=4\], got 0"),
+    ({"rebuild_cycles": 8}, ValueError, r"rebuild_cycles must be in \[1, lanes=4\], got 8"),
+    ({"rebuild_cycles": 3, "lanes": 4}, ValueError, r"rebuild_cycles \(3\) must divide lanes \(4\)"),
+    ({"rebuild_cycles": 2.0}, TypeError, r"rebuild_cycles must be an int, got 2.0"),
+    ({"rebuild_cycles": True}, TypeError, r"rebuild_cycles must be an int, got True"),
+])
+def test_rebuild_cycles_validation(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        SDConfig(**kwargs)
+
+
+def test_rebuild_cycles_default_round_trip_and_fingerprint(tmp_path):
+    assert all(c.rebuild_cycles == 1 for c in PRESETS.values())
+    assert SDConfig(lanes=8, rebuild_cycles=8).rebuild_cycles == 8
+    slow = SDConfig(rebuild_cycles=4)
+    assert SDConfig.from_json(slow.to_json()) == slow
+    assert slow.fingerprint() != SDConfig().fingerprint()
+    # A JSON written before the field existed loads with the default, and keeps the
+    # fingerprint it had then (manifests store it): a hash of the old field set.
+    import hashlib
+    old = {k: v for k, v in SDConfig().to_dict().items() if k != "rebuild_cycles"}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    loaded = load_config(path)
+    assert loaded == SDConfig() and loaded.rebuild_cycles == 1
+    old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12]
+    assert loaded.fingerprint() == old_hash
