@@ -257,7 +257,9 @@ def synthesize(design: VerilogDesign, dev: Device, workdir: Path, *, top: str,
                                          "-s", _rel(script, cwd)], log, cwd, timeout_s)
             break
         except ToolError as exc:
-            # yosys 0.70 ABC9 abort on some designs: retry once with -dff (see _synth_stat)
+            # yosys 0.70's ABC9 aborts on some designs (see `_abc9_abort`): retry once with
+            # -dff (ABC9 then maps the flip-flops too, which avoids the abort) and keep
+            # ABC9's timing-driven mapping for place and route
             if fallback or not _abc9_abort(exc):
                 raise
     variants = [f"{a.name} -> {b.name}" for a, b in
@@ -312,20 +314,42 @@ def _abc9_abort(exc: ToolError) -> bool:
                 "ABC_OPS_REINTEGRATE" in Path(log).read_text(errors="replace")[-4000:])
 
 
+#: Label of the per-block fallback that maps LUTs with classic ABC instead of ABC9.
+CLASSIC_ABC = "abc (classic)"
+
+
+def _synth_commands(dev: Device, target: str, dsp: bool, classic: bool) -> list[str]:
+    """The synthesis commands of one per-block attempt (ABC9, or classic ABC for LUTs).
+
+    The classic attempt runs the family's script up to its LUT mapping, maps with
+    ``abc -lut 4`` and runs the rest of the script: same cells, but no ABC9, whose
+    re-integration step aborts on some Amaranth modules and whose ``-dff`` variant ran
+    for hours on a whole design.
+    """
+    opts = " ".join(_synth_options(dev, target, dsp))
+    if not classic:
+        return [f"{dev.synth_command} {opts}"]
+    if dev.family == "ice40":
+        # synth_ice40's own non-ABC9 LUT mapping
+        return [f"{dev.synth_command} {opts} -noabc"]
+    return [f"{dev.synth_command} {opts} -run :map_luts",
+            "techmap -map +/lattice/latches_map.v", "abc -lut 4", "clean",
+            f"{dev.synth_command} {opts} -run map_cells:"]
+
+
 def _synth_stat(design: VerilogDesign, dev: Device, workdir: Path, target: str, tag: str,
                 dsp: bool, timeout_s) -> tuple[dict, float, "str | None"]:
     """Synthesize ``target`` of ``design`` alone; return its cells, time and fallback used.
 
     yosys 0.70's ABC9 step aborts on some modules (``ABC_OPS_REINTEGRATE``: assertions
     ``count_id(wire->name) == 0`` or ``GetSize(conn.first) == GetSize(conn.second)``);
-    such a module is synthesized again with ``-dff`` (ABC9 also maps the flip-flops),
-    which avoids the abort.
+    such a module is synthesized again with classic ABC mapping its LUTs (`CLASSIC_ABC`).
     """
     cwd = _tool_cwd(design, workdir)
     out = workdir / f"stat_{tag}.json"
-    for extra in ([], ["-dff"]):
+    for classic in (False, True):
         cmds = [*_read_cmds(design, cwd, dev.family, workdir),
-                f"{dev.synth_command} {' '.join(_synth_options(dev, target, dsp) + extra)}",
+                *_synth_commands(dev, target, dsp, classic),
                 f"tee -q -o {_rel(out, cwd)} stat -json"]
         script = workdir / f"synth_{tag}.ys"
         script.write_text("\n".join(cmds) + "\n")
@@ -334,16 +358,16 @@ def _synth_stat(design: VerilogDesign, dev: Device, workdir: Path, target: str, 
             seconds = run_tool("yosys", ["-q", "-l", _rel(workdir / f"synth_{tag}.full.log", cwd),
                                          "-s", _rel(script, cwd)], log, cwd, timeout_s)
         except ToolError as exc:
-            if extra or not _abc9_abort(exc):
+            if classic or not _abc9_abort(exc):
                 raise
             continue
-        return parse_stat(out), seconds, " ".join(extra) or None
+        return parse_stat(out), seconds, CLASSIC_ABC if classic else None
     raise AssertionError("unreachable")
 
 
 #: Wall-clock cap of one per-block synthesis attempt.  The breakdown is informative only,
-#: and yosys 0.70's ABC9 with ``-dff`` can run for hours on a whole design (the dense
-#: baseline of the default preset, 2026-11-28); place and route must not wait for it.
+#: and yosys 0.70's ABC9 with ``-dff`` ran for hours on a whole design (the dense baseline
+#: of the default preset, 2026-11-28; no longer used); place and route must not wait.
 BLOCK_SYNTH_TIMEOUT_S = 420.0
 
 
@@ -360,8 +384,8 @@ def block_stats(design: VerilogDesign, dev: Device, workdir: Path, *, depth: int
     -------
     dict
         ``blocks``: ``{"(total)": design, "<path>": block, ..., "(top logic)": total
-        minus the blocks (clipped at 0)}``; ``seconds``; ``fallbacks`` (blocks that needed
-        ``-dff``); ``failed`` (block -> error).  Every attempt is capped at
+        minus the blocks (clipped at 0)}``; ``seconds``; ``fallbacks`` (blocks whose LUTs
+        classic ABC mapped, `CLASSIC_ABC`); ``failed`` (block -> error).  Every attempt is capped at
         `BLOCK_SYNTH_TIMEOUT_S`; when the design's own total fails, ``blocks`` is empty
         and ``failed["(total)"]`` says why (the caller reports no breakdown).
     """

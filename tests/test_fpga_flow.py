@@ -145,3 +145,64 @@ def test_block_breakdown_gives_up_without_failing_the_design(monkeypatch, tmp_pa
     assert per["blocks"] == {}
     assert "did not finish" in per["failed"]["(total)"]
     assert caps == [flow.BLOCK_SYNTH_TIMEOUT_S]
+
+
+def test_block_synthesis_falls_back_to_classic_abc_after_an_abc9_abort(monkeypatch, tmp_path):
+    """An ABC9 abort on a block is retried once with classic ABC mapping the LUTs (no
+    ``-dff``, which ran for hours on a whole design), and the fallback is named."""
+    from fpga import flow
+    src = tmp_path / "d.v"
+    src.write_text("module top(input a, output b); assign b = ~a; endmodule\n")
+    design = VerilogDesign("top", (src,))
+    scripts = []
+
+    def fake_tool(tool, args, log, cwd, timeout_s):
+        script = Path(cwd, args[args.index("-s") + 1]).read_text()
+        scripts.append(script)
+        if len(scripts) == 1:
+            raise tools.ToolError("yosys failed: Assertion failed in ABC_OPS_REINTEGRATE")
+        stat = script.split("tee -q -o ")[1].split(" stat")[0]
+        Path(cwd, stat).write_text('{"modules": {"\\\\top": {"num_cells_by_type": '
+                                   '{"LUT4": 1}}}}')
+        return 0.5
+
+    monkeypatch.setattr(flow, "run_tool", fake_tool)
+    cells, seconds, fallback = flow._synth_stat(design, device("ecp5-25k"), tmp_path, "top",
+                                                "b0", True, 60)
+    assert cells == {"top": {"LUT4": 1}} and fallback == flow.CLASSIC_ABC
+    assert "abc -lut 4" in scripts[1] and "-dff" not in scripts[1]
+    assert "-run :map_luts" in scripts[1] and "-run map_cells:" in scripts[1]
+    # any other failure is not retried
+    scripts.clear()
+
+    def broken(tool, args, log, cwd, timeout_s):
+        scripts.append(1)
+        raise tools.ToolError("yosys failed: syntax error")
+    monkeypatch.setattr(flow, "run_tool", broken)
+    with pytest.raises(tools.ToolError, match="syntax error"):
+        flow._synth_stat(design, device("ecp5-25k"), tmp_path, "top", "b0", True, 60)
+    assert scripts == [1]
+
+
+@pytest.mark.parametrize("family_device", ["ecp5-25k", "ice40-up5k"])
+def test_classic_abc_fallback_script_runs_in_yosys(monkeypatch, tmp_path, family_device):
+    """The fallback's script is valid yosys for both families and maps an adder to LUTs
+    and carry cells (the real tool, on a small module)."""
+    from fpga import flow
+    tools.find_tool("yosys")
+    src = tmp_path / "add.v"
+    src.write_text("module add(input clk, input [7:0] a, b, output reg [8:0] s);\n"
+                   "always @(posedge clk) s <= a + b; endmodule\n")
+    real, calls = flow.run_tool, []
+
+    def abort_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise tools.ToolError("yosys failed: Assertion failed (ABC_OPS_REINTEGRATE)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flow, "run_tool", abort_first)
+    cells, _, fallback = flow._synth_stat(VerilogDesign("add", (src,)), device(family_device),
+                                          tmp_path, "add", "b0", True, 300)
+    counts = categorise(flow.module_totals(cells, "add"), device(family_device).family)
+    assert fallback == flow.CLASSIC_ABC and counts["ff"] == 9 and counts["lut"] > 0
