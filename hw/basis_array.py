@@ -41,14 +41,27 @@ def adder_tree(values):
     return values[0]
 
 
+def _select(values, index):
+    """``values[index]`` as a balanced tree of 2:1 muxes on the bits of ``index``
+    (indices ``>= len(values)`` never occur); for four values one LUT4 pair and a PFUMX."""
+    values = list(values)
+    bit = 0
+    while len(values) > 1:
+        nxt = [Mux(index[bit], b, a) for a, b in zip(values[0::2], values[1::2])]
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values, bit = nxt, bit + 1
+    return values[0]
+
+
 class BasisArray(wiring.Component):
     """Per-lane ``S x S`` basis (shadow + current registers) and the shift-and-add rebuild.
 
     Parameters
     ----------
     config : SDConfig
-        Supplies ``lanes``, ``basis_size`` (``S``), ``terms``, ``basis_bits`` and the
-        shift widths.
+        Supplies ``lanes``, ``basis_size`` (``S``), ``terms``, ``basis_bits``, the shift
+        widths and ``rebuild_cycles`` (``k``: cycles spent per row).
 
     Attributes
     ----------
@@ -72,7 +85,7 @@ class BasisArray(wiring.Component):
     Latency `latency` (config) cycles, 7 for the default preset: a row transferred on
     ``rows`` in cycle ``n`` is presented on ``weights`` from cycle ``n + latency``.
     A two-slot input buffer takes the row (``rows.ready`` is a register: it is low only
-    while both slots are full), so the take, the bank swap and the enables of the
+    while both slots are full; one slot when ``rebuild_cycles > 1``), so the take, the bank swap and the enables of the
     ``current`` bank decode flip-flops, not the row source's read data.  Stage 0
     registers the row taken from the buffer and, on ``new_block``, copies shadow to
     current, so the shifters read only registers (no bank select or handshake in front
@@ -84,6 +97,19 @@ class BasisArray(wiring.Component):
     loaded in time: with one basis word per cycle that holds whenever every block has
     more than ``lanes`` rows.  The copy happens on the clock edge that takes the row, so
     the shadow bank takes the next block's first word from the cycle after the swap on.
+
+    With ``rebuild_cycles`` ``k > 1`` the array is time-multiplexed: one set of shifters
+    and adder trees for ``lanes // k`` lanes.  Stage 0 holds the taken row for ``k``
+    cycles and presents lane group ``g`` (lanes ``g * lanes // k ... (g + 1) * lanes //
+    k - 1``) in its ``g``-th cycle; a select stage (one mux level on a registered group
+    count) copies that group's codes and current basis into the registers the shifters
+    read, which adds one cycle of latency.  The last adder level writes one register set
+    per group, which together are the output row, so the row (tag fields included) is
+    presented whole once its last group is in.  Throughput one row per ``k`` cycles;
+    `latency` is ``k`` cycles longer than at full rate (11 for the default preset with
+    ``k == 4``).  The next row is taken, and with ``new_block`` the banks are swapped, on
+    the edge that moves the previous row's last group into the select stage, so every
+    group of a row reads the same bank.  The buffer and shadow rules above are the same.
     """
 
 
@@ -101,6 +127,8 @@ class BasisArray(wiring.Component):
     def elaborate(self, platform):
         cfg = self.config
         S, L, T = cfg.basis_size, cfg.lanes, cfg.terms
+        K = cfg.rebuild_cycles
+        P = L // K                      # lanes through the shared shifters per cycle
         n_terms = S * T
         bb = cfg.basis_bits
         m = Module()
@@ -120,19 +148,27 @@ class BasisArray(wiring.Component):
         # register), so the swap decision below (the row's `new_block`, the shadow
         # state, `advance`) reads flip-flops only, not the row source's read data; the
         # enable of the `current` bank (all its bits) stays a short function.
-        mem = [Signal(decoded_row_layout(cfg), name=f"in{k}") for k in range(2)]
+        # With K > 1 one slot suffices (it refills in two cycles, a row takes K), which
+        # saves the slot-select mux over the whole row.
+        n_slots = 2 if K == 1 else 1
+        mem = [Signal(decoded_row_layout(cfg), name=f"in{k}") for k in range(n_slots)]
         wptr, rptr = Signal(), Signal()
-        count = Signal(range(3))
+        count = Signal(range(n_slots + 1))
         nonempty, full = Signal(), Signal()       # registered views of `count`
         push = Signal()
         m.d.comb += [self.rows.ready.eq(~full), push.eq(self.rows.valid & ~full)]
-        for k in range(2):
-            with m.If(push & (wptr == k)):
-                m.d.sync += mem[k].eq(self.rows.payload)
-        with m.If(push):
-            m.d.sync += wptr.eq(~wptr)
         row = Signal(decoded_row_layout(cfg))
-        m.d.comb += row.eq(Mux(rptr, mem[1], mem[0]))
+        if K == 1:
+            for k in range(2):
+                with m.If(push & (wptr == k)):
+                    m.d.sync += mem[k].eq(self.rows.payload)
+            with m.If(push):
+                m.d.sync += wptr.eq(~wptr)
+            m.d.comb += row.eq(Mux(rptr, mem[1], mem[0]))
+        else:
+            with m.If(push):
+                m.d.sync += mem[0].eq(self.rows.payload)
+            m.d.comb += row.eq(mem[0])
 
         # --- pipeline control: every stage advances together, stalled only by a full
         # output register (so the take needs no per-stage bookkeeping) -----------------
@@ -140,15 +176,26 @@ class BasisArray(wiring.Component):
         m.d.comb += advance.eq(~self.weights.valid | self.weights.ready)
         take = Signal()
         swap = Signal()
-        m.d.comb += [
-            take.eq(nonempty & advance & (~row.new_block | shadow_full)),
-            swap.eq(take & row.new_block),
-        ]
-        nxt = Signal(range(3))
+        if K == 1:
+            m.d.comb += take.eq(nonempty & advance & (~row.new_block | shadow_full))
+        else:
+            # Stage 0 holds a row for K cycles; it takes the next one on the edge that
+            # moves its last lane group on (`free`, registers only).  The bank swap
+            # happens on that edge too, so the previous row's last group still reads
+            # the old bank and the new row's first group the new one.
+            grp0 = Signal(K, init=1)            # one-hot: lane group stage 0 presents
+            gidx0 = Signal(range(K))            # the same as a count: the select mux
+            valid0 = Signal()
+            free = Signal()
+            m.d.comb += [free.eq(~valid0 | grp0[K - 1]),
+                         take.eq(nonempty & advance & free & (~row.new_block | shadow_full))]
+        m.d.comb += swap.eq(take & row.new_block)
+        nxt = Signal(range(n_slots + 1))
         m.d.comb += nxt.eq(count + push - take)
-        m.d.sync += [count.eq(nxt), nonempty.eq(nxt != 0), full.eq(nxt == 2)]
-        with m.If(take):
-            m.d.sync += rptr.eq(~rptr)
+        m.d.sync += [count.eq(nxt), nonempty.eq(nxt != 0), full.eq(nxt == n_slots)]
+        if K == 1:
+            with m.If(take):
+                m.d.sync += rptr.eq(~rptr)
 
         # --- shadow fill ------------------------------------------------------------------
         # `basis.ready` is the register `~shadow_full`: the shadow's enables (all its
@@ -179,9 +226,50 @@ class BasisArray(wiring.Component):
         # Registers load on `advance` whether or not a row is taken: the valid bits
         # say what counts, and a flip-flop enable is free where a data mux is not.
         row0 = Signal(decoded_row_layout(cfg))
-        valid0 = Signal()
-        with m.If(advance):
-            m.d.sync += [valid0.eq(take), row0.eq(row)]
+        tag_fields = row_tag_fields(cfg)
+        if K == 1:
+            valid0 = Signal()
+            with m.If(advance):
+                m.d.sync += [valid0.eq(take), row0.eq(row)]
+            tag_layout = data.StructLayout(tag_fields)
+            tag, valid = row0, valid0
+            codes = [[{"shift": row0.shift[l][k], "enable": row0.mask[l][k],
+                       "carry": row0.sign[l][k] & row0.mask[l][k]} for k in range(n_terms)]
+                     for l in range(L)]
+            basis = current
+        else:
+            with m.If(advance):
+                with m.If(free):
+                    m.d.sync += [valid0.eq(take), row0.eq(row), grp0.eq(1), gidx0.eq(0)]
+                with m.Else():
+                    m.d.sync += [grp0.eq(grp0.rotate_left(1)), gidx0.eq(gidx0 + 1)]
+            # --- select stage: lane group `gidx0` of the row and of the current bank
+            # into the registers the shared shifters read (one mux level; the group
+            # count comes from a register).  The tag carries the group (one-hot) on.
+            tag_layout = data.StructLayout({**tag_fields, "grp": K})
+            tag = Signal(tag_layout, name="x_tag")
+            valid = Signal(name="x_valid")
+            code_layout = data.StructLayout({"shift": cfg.shift_code_bits, "enable": 1,
+                                             "carry": 1})
+            sel_codes = [[Signal(code_layout, name=f"x_code_l{p}_k{k}")
+                          for k in range(n_terms)] for p in range(P)]
+            basis = [Signal(entry, name=f"x_basis_l{p}", reset_less=True) for p in range(P)]
+            with m.If(advance):
+                m.d.sync += [valid.eq(valid0), tag.grp.eq(grp0)]
+                m.d.sync += [getattr(tag, f).eq(getattr(row0, f)) for f in tag_fields]
+                for p in range(P):
+                    lanes = [g * P + p for g in range(K)]
+                    m.d.sync += basis[p].as_value().eq(
+                        _select([current[l].as_value() for l in lanes], gidx0))
+                    for k in range(n_terms):
+                        shift = _select([row0.shift[l][k] for l in lanes], gidx0)
+                        mask = _select([row0.mask[l][k] for l in lanes], gidx0)
+                        sign = _select([row0.sign[l][k] for l in lanes], gidx0)
+                        m.d.sync += [sel_codes[p][k].shift.eq(shift),
+                                     sel_codes[p][k].enable.eq(mask),
+                                     sel_codes[p][k].carry.eq(sign & mask)]
+            codes = [[{"shift": c.shift, "enable": c.enable, "carry": c.carry}
+                      for c in lane] for lane in sel_codes]
 
         # --- shifter stages: one mux level each ---------------------------------------
         # A negative term is formed as ~(b << k) (`ones_flip`, then ones shifted in) and
@@ -190,26 +278,22 @@ class BasisArray(wiring.Component):
         # than one LUT level or one carry chain deep, so the block is fast and Yosys/ABC
         # maps the shifters for area (with the three mux levels in one stage it maps
         # them for delay, at about 70 % more LUTs).  The enable gates the last level.
-        tag_layout = data.StructLayout(row_tag_fields(cfg))
+        # `P` lanes go through (all lanes when K == 1, one lane group otherwise).
         code_layout = data.StructLayout({"shift": cfg.shift_code_bits, "enable": 1,
                                          "carry": 1})
-        tag, valid = row0, valid0
-        codes = [[{"shift": row0.shift[l][k], "enable": row0.mask[l][k],
-                   "carry": row0.sign[l][k] & row0.mask[l][k]} for k in range(n_terms)]
-                 for l in range(L)]
-        vals = [[[ones_flip(current[l][k // T][i], codes[l][k]["carry"])
-                  for k in range(n_terms)] for i in range(S)] for l in range(L)]
+        vals = [[[ones_flip(basis[l][k // T][i], codes[l][k]["carry"])
+                  for k in range(n_terms)] for i in range(S)] for l in range(P)]
         levels = list(zip(shift_levels(cfg.max_shift), level_reach(cfg.max_shift)))
         for n_level, (b, reach) in enumerate(levels or [(None, 0)]):
             last = n_level == max(0, len(levels) - 1)
             stage = f"s{n_level}"
             nvals = [[[Signal(signed(bb + reach), name=f"{stage}_l{l}_i{i}_k{k}")
-                       for k in range(n_terms)] for i in range(S)] for l in range(L)]
+                       for k in range(n_terms)] for i in range(S)] for l in range(P)]
             ncodes = [[Signal(code_layout, name=f"{stage}_code_l{l}_k{k}")
-                       for k in range(n_terms)] for l in range(L)]
+                       for k in range(n_terms)] for l in range(P)]
             tag, valid = self._stage(m, advance, tag, valid, tag_layout, stage)
             with m.If(advance):
-                for l in range(L):
+                for l in range(P):
                     for k in range(n_terms):
                         c = codes[l][k]
                         m.d.sync += [ncodes[l][k].shift.eq(c["shift"]),
@@ -227,20 +311,39 @@ class BasisArray(wiring.Component):
                       for c in lane] for lane in ncodes]
 
         # --- adder stages: one tree level each, the carries absorbed -------------------
+        # With K > 1 the last level's registers are the output row itself: one set per
+        # lane group, each loaded when its group leaves the tree, so the row is
+        # assembled with no extra stage; the row is valid once its last group is in.
         items = vals                                    # [l][i] -> list of values
         carries = [[c["carry"] for c in lane] for lane in codes]   # [l] -> shared by i
-        n_level = 0
-        while len(items[0][0]) > 1 or carries[0]:
+        n_levels = carry_levels(n_terms, n_terms)
+        for n_level in range(n_levels):
             stage = f"a{n_level}"
-            tag, valid = self._stage(m, advance, tag, valid, tag_layout, stage)
+            final = K > 1 and n_level == n_levels - 1
+            if final:
+                loads = [Signal(name=f"{stage}_load_g{g}") for g in range(K)]
+                m.d.comb += [ld.eq(advance & valid & tag.grp[g]) for g, ld in enumerate(loads)]
+                tag, valid = self._stage(m, advance, tag, valid & tag.grp[K - 1], tag_layout,
+                                         stage)
+            else:
+                tag, valid = self._stage(m, advance, tag, valid, tag_layout, stage)
             nitems, ncarries = [], []
-            for l in range(L):
+            for l in range(P):
                 lane_items = []
                 for i in range(S):
                     if len(items[l][i]) > 1:
                         nxt, left = carry_level(items[l][i], carries[l])
                     else:           # leftover carries (a power-of-two tree): increments
                         nxt, left = [sum(carries[l], items[l][i][0])], []
+                    if final:
+                        assert len(nxt) == 1 and not left
+                        regs = [Signal(signed(len(nxt[0])), name=f"{stage}_l{g * P + l}_i{i}")
+                                for g in range(K)]
+                        for g, r in enumerate(regs):
+                            with m.If(loads[g]):
+                                m.d.sync += r.eq(nxt[0])
+                        lane_items.append(regs)
+                        continue
                     regs = [Signal(signed(len(v)), name=f"{stage}_l{l}_i{i}_{n}")
                             for n, v in enumerate(nxt)]
                     with m.If(advance):
@@ -252,12 +355,13 @@ class BasisArray(wiring.Component):
                 nitems.append(lane_items)
                 ncarries.append(cregs)
             items, carries = nitems, ncarries
-            n_level += 1
+        if K > 1:                       # [p][i][g] -> [lane][i] list, lane = g * P + p
+            items = [[[items[l % P][i][l // P]] for i in range(S)] for l in range(L)]
 
         # --- output: the last adder stage's registers (held while `advance` is low) ----
         out = self.weights.payload
         m.d.comb += self.weights.valid.eq(valid)
-        m.d.comb += [getattr(out, f).eq(getattr(tag, f)) for f in tag_layout.members]
+        m.d.comb += [getattr(out, f).eq(getattr(tag, f)) for f in tag_fields]
         for l in range(L):
             for i in range(S):
                 m.d.comb += out.weights[l][i].eq(items[l][i][0])
@@ -275,7 +379,11 @@ class BasisArray(wiring.Component):
 
     @classmethod
     def latency(cls, config: SDConfig) -> int:
-        """Cycles from a row's transfer on ``rows`` to its weights on ``weights``."""
+        """Cycles from a row's transfer on ``rows`` to its weights on ``weights`` when the
+        array is idle: for ``rebuild_cycles`` ``k > 1`` the select stage and the ``k - 1``
+        cycles of the row's later lane groups come on top of the full-rate pipeline."""
         n_terms = config.basis_size * config.terms
-        return (2 + max(1, len(shift_levels(config.max_shift)))
-                + carry_levels(n_terms, n_terms))
+        full_rate = (2 + max(1, len(shift_levels(config.max_shift)))
+                     + carry_levels(n_terms, n_terms))
+        k = config.rebuild_cycles
+        return full_rate if k == 1 else full_rate + k
