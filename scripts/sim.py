@@ -29,13 +29,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_arguments", "run", "load_inputs"]
+__all__ = ["add_arguments", "run", "load_inputs", "accelerator_config", "RATE_FIELDS"]
+
+#: `SDConfig` fields that set only the accelerator's speed/area trade, not the packed
+#: format, the memories or the layer program: an export runs unchanged on a build that
+#: differs from its configuration in these.
+RATE_FIELDS = ("rebuild_cycles",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="preset or SDConfig JSON the accelerator is built for; must "
-                             "match the export (default: the export's configuration)")
+                             "match the export except in rebuild_cycles (default: the "
+                             "export's configuration)")
     parser.add_argument("--weights", type=Path, required=True,
                         help="export folder (smartdeal export), with manifest.json and "
                              ".hex images")
@@ -72,6 +78,24 @@ def load_inputs(path: Path, qnet) -> np.ndarray:
     return x.astype(np.int64)
 
 
+def accelerator_config(export_config, want, name: str = "--config"):
+    """The configuration to build the accelerator for: the export's, or ``want`` when it
+    differs from it only in `RATE_FIELDS`; otherwise a ValueError naming the fields."""
+    import dataclasses
+
+    if want is None:
+        return export_config
+    diff = [f"{f.name}={getattr(export_config, f.name)!r} (in {name}: "
+            f"{getattr(want, f.name)!r})" for f in dataclasses.fields(want)
+            if f.name not in RATE_FIELDS
+            and getattr(export_config, f.name) != getattr(want, f.name)]
+    if diff:
+        raise ValueError(f"the export was made for another configuration "
+                         f"({export_config.summary()}) than {name} ({want.summary()}): "
+                         f"{', '.join(diff)}; only {', '.join(RATE_FIELDS)} may differ")
+    return want
+
+
 def run(args: argparse.Namespace) -> int:
     from golden.export import load_export
     from golden.manifest import placement_of, read_manifest
@@ -82,11 +106,8 @@ def run(args: argparse.Namespace) -> int:
         cfg, qnet, images = load_export(args.weights)
         manifest, _ = read_manifest(args.weights)
         if args.config is not None:
-            want = load_config(args.config)
-            if want != cfg:
-                raise ValueError(f"the export was made for another configuration "
-                                 f"({cfg.summary()}) than --config {args.config} "
-                                 f"({want.summary()})")
+            cfg = accelerator_config(cfg, load_config(args.config),
+                                     f"--config {args.config}")
         x = load_inputs(args.input, qnet)
         if args.batch < 1:
             raise ValueError(f"--batch must be >= 1, got {args.batch}")

@@ -194,3 +194,16 @@ def test_rebuild_cycles_default_round_trip_and_fingerprint(tmp_path):
     assert loaded == SDConfig() and loaded.rebuild_cycles == 1
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12]
     assert loaded.fingerprint() == old_hash
+
+
+def test_sim_accepts_an_export_config_differing_only_in_rebuild_cycles():
+    from scripts.sim import accelerator_config
+
+    export = SDConfig()
+    slow = SDConfig(rebuild_cycles=4)
+    assert accelerator_config(export, None) is export
+    assert accelerator_config(export, slow) is slow
+    with pytest.raises(ValueError, match=r"lanes=4 \(in --config: 2\).*only rebuild_cycles"):
+        accelerator_config(export, SDConfig(lanes=2, rebuild_cycles=2))
+    with pytest.raises(ValueError, match=r"acc_depth=256 \(in --config: 64\)"):
+        accelerator_config(export, slow.replace(acc_depth=64))
