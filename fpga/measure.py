@@ -19,10 +19,17 @@ from fpga import report
 from fpga.flow import VerilogDesign, amaranth_design, run_flow
 
 __all__ = ["TopUnavailable", "build_for", "design_of", "bare_design", "failed_run",
-           "block_runs", "board_run", "checks_for", "write_doc", "BLOCK_NAMES"]
+           "block_runs", "board_run", "checks_for", "write_doc", "BLOCK_NAMES",
+           "BLOCK_VARIANTS"]
 
 #: registry blocks measured alone with --blocks (the tops are measured by the plan)
 BLOCK_NAMES = ("shifter", "decoder", "basis_array", "mac", "dense")
+#: configuration variants of registry blocks also measured alone: result name ->
+#: (registry block, `SDConfig` changes).  The time-multiplexed basis array shows what the
+#: rebuild path costs when it spends several cycles per coefficient row.
+BLOCK_VARIANTS: dict[str, tuple[str, dict]] = {
+    "basis_array_r4": ("basis_array", {"rebuild_cycles": 4}),
+}
 
 
 class TopUnavailable(RuntimeError):
@@ -73,21 +80,34 @@ def failed_run(preset_name: str, dev: str, kind: str, error: str) -> dict:
 
 def block_runs(preset_name: str, dev: str, work: Path,
                log: "Callable[[str], None] | None" = None) -> list[dict]:
-    """Each block of `BLOCK_NAMES` alone (harnessed) on ``dev``."""
+    """Each block of `BLOCK_NAMES` and `BLOCK_VARIANTS` alone (harnessed) on ``dev``."""
     from hw.config import preset
     from hw.designs import DESIGNS, build, top_name
 
     cfg = preset(preset_name)
+    jobs = [(name, name, {}) for name in BLOCK_NAMES]
+    jobs += [(name, block, changes) for name, (block, changes) in BLOCK_VARIANTS.items()]
     out = []
-    for name in BLOCK_NAMES:
-        if name not in DESIGNS:
+    for name, block, changes in jobs:
+        if block not in DESIGNS:
             continue
-        d = amaranth_design(build(name, cfg), top_name(name), work / preset_name / name,
-                            name=name)
+        d = amaranth_design(build(block, cfg.replace(**changes)), top_name(block),
+                            work / preset_name / name, name=name)
         r = run_flow(d, dev, work / preset_name / name / dev, log=log)
         r["preset"], r["kind"] = preset_name, "block"
+        if changes:
+            r["config_changes"] = dict(changes)
         out.append(r)
     return out
+
+
+def _alone_fraction(blocks, basis: str) -> "tuple[float, dict] | None":
+    """LUT(decoder + ``basis``) / LUT(mac) from blocks measured alone, with the figures."""
+    lut = {r.get("design"): report.run_row(r)["lut"] for r in blocks if r.get("status") == "ok"}
+    need = ("decoder", basis, "mac")
+    if any(not lut.get(n) for n in need):
+        return None
+    return (lut["decoder"] + lut[basis]) / lut["mac"], {n: lut[n] for n in need}
 
 
 def board_run(board_name: str, preset_name: str, work: Path,
@@ -132,8 +152,12 @@ def _find(runs, preset_name, device, kind):
     return None
 
 
-def checks_for(pairs, builds) -> list[report.Check]:
-    """The must-reach targets of the FPGA flow, from one set of runs."""
+def checks_for(pairs, builds, blocks=()) -> list[report.Check]:
+    """The must-reach targets of the FPGA flow, from one set of runs.
+
+    ``blocks`` (the blocks measured alone) adds, to the rebuild-LUT target's detail, the
+    same ratio for the time-multiplexed basis array of `BLOCK_VARIANTS`.
+    """
     runs = [r for _, sd, dn in pairs for r in (sd, dn)]
     checks = []
     sd25 = _find(runs, "default", "ecp5-25k", "sd")
@@ -162,7 +186,7 @@ def checks_for(pairs, builds) -> list[report.Check]:
         sum(g.get("lut", 0) for g in rebuild) / mac_lut if mac_lut else None, 0.30, "<=",
         where + "; MAC multipliers in DSP blocks" +
         (f"; decoder {rebuild[0].get('lut')} + basis array {rebuild[1].get('lut')} vs MAC "
-         f"{mac_lut} LUT" if mac_lut else "")))
+         f"{mac_lut} LUT" if mac_lut else "") + _variant_note(blocks)))
     ratio = None
     for b in builds.values():
         st = getattr(b, "storage", None)
@@ -180,6 +204,23 @@ def checks_for(pairs, builds) -> list[report.Check]:
         f"{tiny['device']}: {tiny['status']}" + (f" ({tiny['error']})" if tiny and tiny.get('error') else "")
         if tiny else "not run"))
     return checks
+
+
+def _variant_note(blocks) -> str:
+    """The rebuild-LUT ratio of the blocks alone, full-rate and time-multiplexed."""
+    full = _alone_fraction(blocks, "basis_array")
+    notes = []
+    for name, (_, changes) in BLOCK_VARIANTS.items():
+        alt = _alone_fraction(blocks, name)
+        if alt is None:
+            continue
+        how = ", ".join(f"{k}={v}" for k, v in changes.items())
+        notes.append(
+            f"; blocks alone: {full[0]:.3f} at one row per cycle, " if full else "; ")
+        notes.append(f"{alt[0]:.3f} with {how} (basis array {alt[1][name]} LUT; layers whose "
+                     f"tile has fewer output positions than {changes.get('rebuild_cycles', 1)}, "
+                     f"such as a fully connected layer at batch 1, become rebuild-bound)")
+    return "".join(notes)
 
 
 #: Static part of docs/fpga.md: commands and where things are.

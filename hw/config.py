@@ -384,11 +384,16 @@ class SDConfig:
         return (f"S={self.basis_size} lanes={self.lanes} terms={self.terms} "
                 f"act={self.act_bits}b B={self.basis_bits}b code={self.code_bits}b "
                 f"e=[{self.exp_min},{self.exp_max}] acc={self.acc_bits}b "
-                f"record={self.record_bits}b word={self.ce_word_width}b")
+                f"record={self.record_bits}b word={self.ce_word_width}b"
+                # the rebuild rate only when it is not the full rate, so existing
+                # descriptions (build READMEs, FuseSoC cores) stay as they were
+                + (f" rebuild={self.rebuild_cycles}cyc/row" if self.rebuild_cycles != 1 else ""))
 
 
 PRESETS: dict[str, SDConfig] = {
-    # Fits an iCE40 UP5K / HX8K: two lanes, small memories.
+    # The smallest build: two lanes, small memories.  Meant for small iCE40 parts, but it
+    # does not fit one yet (docs/fpga.md: about 12 k LUT and 13 k FF against the UP5K's
+    # 5 280), and the bundled network needs larger ce/quant memories than it has.
     "tiny": SDConfig(lanes=2, max_rows=255, block_rows=96, ce_depth=512, basis_depth=128,
                      quant_depth=64, act_depth=1024, out_depth=1024, acc_depth=64),
     "default": SDConfig(),

@@ -137,7 +137,7 @@ def _render_only(args) -> int:
         if "storage" in data:       # re-evaluate the targets with the current rules
             from fpga.measure import checks_for
             stores = {p: type("Stored", (), {"storage": st}) for p, st in data["storage"].items()}
-            checks = checks_for(_pairs(runs), stores)
+            checks = checks_for(_pairs(runs), stores, data.get("blocks", []))
     except (OSError, ValueError, KeyError) as exc:
         print(f"smartdeal fpga-report: error: cannot read {path}: {exc}; run "
               f"`smartdeal fpga-report` first", file=sys.stderr)
@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
             _save(args.reports, r, f"board_{board_name}_{preset_name}")
             board_results.append(r)
 
-    checks = checks_for(pairs, builds)
+    checks = checks_for(pairs, builds, block_results)
     summary = {"plan": [f"{p}@{d}" for p, d in plan], "seconds": round(time.monotonic() - start, 1),
                "blocks": block_results, "boards": board_results,
                "build_errors": build_errors,

@@ -171,7 +171,7 @@ def test_command_runs_the_plan_and_keeps_its_order(tmp_path, monkeypatch):
     monkeypatch.setattr(fpga.measure, "design_of", lambda built, kind: f"{built.name}:{kind}")
     monkeypatch.setattr(fpga.measure, "build_for",
                         lambda name, out: types.SimpleNamespace(name=name, storage={}))
-    monkeypatch.setattr(fpga.measure, "checks_for", lambda pairs, builds: [])
+    monkeypatch.setattr(fpga.measure, "checks_for", lambda pairs, builds, blocks=(): [])
     monkeypatch.setattr(tools, "check_toolchain", lambda family: None)
     reports = tmp_path / "reports"
     assert cli.main(["fpga-report", "--preset", "default", "--device", "ecp5-25k",
@@ -189,3 +189,22 @@ def test_command_runs_the_plan_and_keeps_its_order(tmp_path, monkeypatch):
 def test_command_refuses_zero_jobs(capsys, tmp_path):
     assert cli.main(["fpga-report", "--jobs", "0", "--reports", str(tmp_path)]) == 2
     assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_rebuild_ratio_detail_names_the_time_multiplexed_variant():
+    """The blocks measured alone add the full-rate and the time-multiplexed ratio to the
+    rebuild-LUT target's detail (the target itself stays the design's breakdown)."""
+    def block(name, lut):
+        return {"design": name, "status": "ok", "blocks": {"(total)": {"lut": lut, "ff": 1}}}
+    blocks = [block("decoder", 100), block("basis_array", 500), block("mac", 1000),
+              block("basis_array_r4", 150)]
+    pairs = [("default", _run(), _run(kind="dense"))]
+    ratio = {c.name: c for c in checks_for(pairs, {}, blocks)}[
+        "LUT(decoder + basis array) / LUT(MAC lanes)"]
+    assert "blocks alone: 0.600 at one row per cycle" in ratio.detail
+    assert "0.250 with rebuild_cycles=4 (basis array 150 LUT" in ratio.detail
+    # a failed variant adds nothing
+    blocks[-1] = {"design": "basis_array_r4", "status": "failed"}
+    ratio = {c.name: c for c in checks_for(pairs, {}, blocks)}[
+        "LUT(decoder + basis array) / LUT(MAC lanes)"]
+    assert "rebuild_cycles" not in ratio.detail
