@@ -85,8 +85,9 @@ class BasisArray(wiring.Component):
     Latency `latency` (config) cycles, 7 for the default preset: a row transferred on
     ``rows`` in cycle ``n`` is presented on ``weights`` from cycle ``n + latency``.
     A two-slot input buffer takes the row (``rows.ready`` is a register: it is low only
-    while both slots are full; one slot when ``rebuild_cycles > 1``), so the take, the bank swap and the enables of the
-    ``current`` bank decode flip-flops, not the row source's read data.  Stage 0
+    while both slots are full; one slot when ``rebuild_cycles > 1``), so the take, the
+    bank swap and the enables of the ``current`` bank decode flip-flops, not the row
+    source's read data.  Stage 0
     registers the row taken from the buffer and, on ``new_block``, copies shadow to
     current, so the shifters read only registers (no bank select or handshake in front
     of them); then one stage per shifter mux level (3 for ``max_shift`` 4 ... 7) and one
