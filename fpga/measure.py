@@ -206,6 +206,20 @@ def checks_for(pairs, builds, blocks=()) -> list[report.Check]:
     return checks
 
 
+def _fallback_note(sd: dict, dense: "dict | None") -> str:
+    """Which per-block figures classic ABC mapped (ABC9 aborted on them), if any."""
+    parts = []
+    for what, r in (("SD", sd), ("dense", dense)):
+        fb = sorted(((r or {}).get("synth") or {}).get("blocks_fallback") or {})
+        if fb:
+            parts.append(f"{what}: {', '.join('the design' if b == '(total)' else b for b in fb)}")
+    if not parts:
+        return ""
+    return (" LUTs were mapped by ABC9 except where yosys 0.70's ABC9 aborted; there classic "
+            "ABC mapped them (" + "; ".join(parts) + "); its counts can differ from ABC9's by a few "
+            "per cent.")
+
+
 def _variant_note(blocks) -> str:
     """The rebuild-LUT ratio of the blocks alone, full-rate and time-multiplexed."""
     full = _alone_fraction(blocks, "basis_array")
@@ -304,7 +318,8 @@ def write_doc(path: Path, pairs, runs, checks, block_results, board_results, bui
         sections.append((f"Per block: {label}, synth_{sd.get('family')}",
                          note + report.blocks_table(sd, dn) + [
                              "", "Blocks are synthesized alone (no optimisation across their "
-                             "ports), so their sum exceeds the flattened design."]))
+                             "ports), so their sum exceeds the flattened design."
+                             + _fallback_note(sd, dn)]))
     cp_lines = [line for r in [*runs, *(r for _, a, b in extra_pairs for r in (a, b))]
                 for line in report.critical_path_lines(r)]
     sections.append(("Critical paths", cp_lines))

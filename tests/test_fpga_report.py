@@ -208,3 +208,12 @@ def test_rebuild_ratio_detail_names_the_time_multiplexed_variant():
     ratio = {c.name: c for c in checks_for(pairs, {}, blocks)}[
         "LUT(decoder + basis array) / LUT(MAC lanes)"]
     assert "rebuild_cycles" not in ratio.detail
+
+
+def test_per_block_section_names_the_classic_abc_fallbacks():
+    from fpga.measure import _fallback_note
+    sd = {"synth": {"blocks_fallback": {"ctrl": "abc (classic)"}}}
+    dense = {"synth": {"blocks_fallback": {"(total)": "abc (classic)", "ctrl": "abc (classic)"}}}
+    note = _fallback_note(sd, dense)
+    assert "(SD: ctrl; dense: the design, ctrl)" in note
+    assert _fallback_note({"synth": {}}, None) == ""
