@@ -21,6 +21,11 @@ built from the same configuration with the runner of ``smartdeal sim`` / ``demo`
 Batches: one image per run (``batch=1``) and ``batch=4`` (4 x 64 conv1 output pixels
 fill the 256 accumulators of the default preset); the cycles target is the worst layer
 over both batches.
+
+The SD network runs are repeated with the time-multiplexed weight rebuild
+(``rebuild_cycles`` = `REBUILD_VARIANT`, same weights and images), so the cycles that its
+smaller basis array costs are measured next to the full-rate ones (no target; the area
+side is in ``docs/fpga.md``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ BATCHES = (1, 4)
 IMAGES = {True: 4, False: 16}          # quick, full: test images per network run
 CYCLES_BATCH = 4
 SIM_TIMEOUT_S = 600
+#: `SDConfig.rebuild_cycles` of the time-multiplexed variant measured next to full rate
+REBUILD_VARIANT = 4
 
 
 def network_qnet(ctx: Context):
@@ -95,9 +102,10 @@ def _weight_bits(images: dict, mm: dict) -> dict:
     return out
 
 
-def _run(runner, qnet, x, kind: str, batch: int, label: str) -> dict:
+def _run(runner, qnet, x, kind: str, batch: int, label: str, config=None) -> dict:
     """One `golden.rtl_runner.run_network` call; every output checked against golden."""
-    r = runner.run_network(qnet, x, kind=kind, batch=batch, timeout_s=SIM_TIMEOUT_S)
+    r = runner.run_network(qnet, x, kind=kind, batch=batch, timeout_s=SIM_TIMEOUT_S,
+                           config=config)
     if r.mismatches:
         raise AssertionError(f"{kind} accelerator, {label}: {r.mismatches} of "
                              f"{r.outputs.size} outputs differ from golden/reference.py")
@@ -132,11 +140,18 @@ def rtl_runs(ctx: Context) -> dict:
         jobs = [(kind, b, None) for kind in ("sd", "dense") for b in BATCHES]
         jobs += [(kind, b, i) for kind in ("sd", "dense") for b in layer_batches
                  for i in range(len(names))]
-        runs: dict = {"sd": {}, "dense": {}}
-        t0 = {"sd": 0.0, "dense": 0.0}
+        jobs += [("sd_rebuild", b, None) for b in BATCHES]
+        runs: dict = {"sd": {}, "dense": {}, "sd_rebuild": {}}
+        t0 = {"sd": 0.0, "dense": 0.0, "sd_rebuild": 0.0}
+        variant = cfg.replace(rebuild_cycles=REBUILD_VARIANT)
+        out["rebuild_variant"] = variant.rebuild_cycles
         for kind, b, i in ctx.bar(jobs, desc="rtl runs"):
             start = time.perf_counter()
-            if i is None:
+            if kind == "sd_rebuild":
+                runs[kind][f"net_b{b}"] = _run(
+                    runner, qnet, x, "sd", b, f"network, batch {b}, rebuild_cycles="
+                    f"{variant.rebuild_cycles}", config=variant)
+            elif i is None:
                 runs[kind][f"net_b{b}"] = _run(runner, qnet, x, kind, b, f"network, batch {b}")
             else:
                 runs[kind][f"{names[i]}_b{b}"] = _run(
@@ -148,6 +163,7 @@ def rtl_runs(ctx: Context) -> dict:
             out["kinds"][kind] = {"runs": runs[kind], "wall_s": t0[kind],
                                   "weight_bits": _weight_bits(images, memory_map(cfg, kind)),
                                   "compared": sum(r["compared"] for r in runs[kind].values())}
+        out["rebuild_runs"] = runs["sd_rebuild"]
         return out
 
     return ctx.cached("rtl_runs", build)
@@ -216,6 +232,15 @@ def run(ctx: Context) -> SectionOutput:
         max(dense["batches"][b]["over_ideal"]) for b in bs)
     values["worst_over_ideal_no_fill_pct"] = 100 * max(
         max(sd["batches"][b]["over_ideal_no_fill"]) for b in bs)
+    rk = data["rebuild_variant"]
+    values["rebuild_variant"] = {
+        "rebuild_cycles": rk,
+        "batches": {b: {"layer_cycles": r["layer_cycles"],
+                        "cycles_per_image": Stat.of([c / b for c in r["cycles"]], "cycles"),
+                        "vs_full_rate": min(r["cycles"]) / max(1, min(
+                            data["kinds"]["sd"]["runs"][f"net_b{b}"]["cycles"])),
+                        "outputs_compared": r["compared"]}
+                    for b, r in ((int(k[5:]), r) for k, r in data["rebuild_runs"].items())}}
     values["weight_memory_ratio"] = sd["weight_bits"]["total"] / dense["weight_bits"]["total"]
     values["weight_memory_ratio_no_quant"] = (
         (sd["weight_bits"]["total"] - sd["weight_bits"].get("quant", 0))
@@ -257,6 +282,12 @@ def run(ctx: Context) -> SectionOutput:
           f"{dense['batches'][b]['layer_cycles']}; cycles per image SD "
           f"{sd['batches'][b]['cycles_per_image']}, dense "
           f"{dense['batches'][b]['cycles_per_image']}." for b in data["batches"]],
+        *[f"Time-multiplexed rebuild (rebuild_cycles={rk}, same weights and images, 0 "
+          f"mismatches), batch {b}: SD layer cycles {v['layer_cycles']} vs "
+          f"{sd['batches'][b]['layer_cycles']} at full rate; cycles per image "
+          f"{v['cycles_per_image']} ({v['vs_full_rate']:.3f}x full rate). Only layers whose "
+          f"tile has fewer than {rk} output positions are rebuild-bound."
+          for b, v in values["rebuild_variant"]["batches"].items()],
         f"Weight memory bits (Ce/dense words + basis + bias/requantization): SD "
         f"{sd['weight_bits']['total']:,}, dense {dense['weight_bits']['total']:,} "
         f"(ratio {values['weight_memory_ratio']:.3f}; "
