@@ -244,6 +244,11 @@ def run_case(kind: str, config: SDConfig, case: dict, testcase, timeout_s: float
 #: lanes = 1 (with a small accumulator, so layers are cut into many position tiles)
 ONE_LANE = SDConfig(lanes=1, max_rows=255, block_rows=16, ce_depth=1024, basis_depth=256,
                     quant_depth=64, act_depth=512, out_depth=512, acc_depth=8)
+#: the time-multiplexed rebuild (one lane per cycle, four cycles per row), with small basis
+#: blocks (bank swaps while a row's later lanes are still rebuilt) and position tiles
+TIME_MULTIPLEXED = SDConfig(lanes=4, rebuild_cycles=4, max_rows=255, block_rows=8,
+                            ce_depth=1024, basis_depth=256, quant_depth=64, act_depth=1024,
+                            out_depth=1024, acc_depth=16)
 #: The digits images the e2e test runs (the demo runs the whole test set).
 DIGITS_IMAGES = 24
 DIGITS_BATCH = 4
@@ -355,4 +360,14 @@ def test_one_lane_random_layers():
     res = run_case("sd", ONE_LANE, {"config": ONE_LANE.to_json(), "kind": "sd",
                                     "networks": random_networks(ONE_LANE, seed=1)},
                    "network")
+    assert len(res["network"]) == 4
+
+
+@pytest.mark.sim
+def test_time_multiplexed_rebuild_random_layers():
+    """rebuild_cycles = 4: random conv / FC layers bit-exact, including fully connected
+    layers whose tiles have fewer positions than 4 (the rebuild-bound case)."""
+    res = run_case("sd", TIME_MULTIPLEXED,
+                   {"config": TIME_MULTIPLEXED.to_json(), "kind": "sd",
+                    "networks": random_networks(TIME_MULTIPLEXED, seed=3)}, "network")
     assert len(res["network"]) == 4
