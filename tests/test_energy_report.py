@@ -77,9 +77,18 @@ def test_rtl_section_on_synthetic_runs(tmp_path, monkeypatch):
                    "compared": 20, "weight_bits": {"ce": 60, "quant": 10, "total": 70}},
             "dense": {"runs": {"net_b1": dense_run, "net_b4": dense_run}, "wall_s": 1.0,
                       "compared": 20, "weight_bits": {"dense": 200, "quant": 10,
-                                                      "total": 210}}}}
+                                                      "total": 210}}},
+        # the time-multiplexed rebuild: layer b rebuild-bound at batch 1
+        "rebuild_variant": 4,
+        "rebuild_runs": {"net_b1": run([100 + fill0 + 5, 200], ideal), "net_b4": sd_run}}
     monkeypatch.setattr(rtl, "sim_speed", lambda ctx: None)
     out = rtl.run(ctx)
+    variant = out.values["rebuild_variant"]
+    assert variant["rebuild_cycles"] == 4
+    assert variant["batches"][1]["vs_full_rate"] == pytest.approx(
+        (100 + fill0 + 5 + 200 + 20) / sum(sd_run["cycles"]))
+    assert variant["batches"][4]["vs_full_rate"] == pytest.approx(1.0)
+    assert any("rebuild_cycles=4" in n and "batch 1" in n for n in out.notes)
     assert out.measured["rtl.cycles_over_ideal"] == pytest.approx(10 / (50 + ACTIVATION_FILL))
     assert out.measured["rtl.weight_memory_ratio"] == pytest.approx(70 / 210)
     assert out.values["weight_memory_ratio_no_quant"] == pytest.approx(60 / 200)
