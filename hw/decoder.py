@@ -334,14 +334,22 @@ class SparseDecoder(wiring.Component):
                 m.d.sync += [group.eq(group + 1), groups.eq(groups - 1),
                              final_group.eq(groups == 1)]
 
-        def check_last(final, ok):
-            """Fail on ``last`` before the final slot or missing on it; else ``ok()``."""
-            with m.If(head.last & ~final):
-                fail(DecodeError.EARLY_LAST)
-            with m.Elif(~head.last & final):
-                fail(DecodeError.MISSING_LAST)
+        def first_failure(checks, ok):
+            """Fail with the code of the first true ``(condition, code)`` of ``checks``
+            (the order is the priority of the error codes); else ``ok()``."""
+            (cond, code), *rest = checks
+            with m.If(cond):
+                fail(code)
+            for cond, code in rest:
+                with m.Elif(cond):
+                    fail(code)
             with m.Else():
                 ok()
+
+        def check_last(final, ok):
+            """Fail on ``last`` before the final slot or missing on it; else ``ok()``."""
+            first_failure([(head.last & ~final, DecodeError.EARLY_LAST),
+                           (~head.last & final, DecodeError.MISSING_LAST)], ok)
 
         # ---- start ---------------------------------------------------------------
         with m.If(self.start):
@@ -365,40 +373,31 @@ class SparseDecoder(wiring.Component):
 
         # ---- a header slot ----------------------------------------------------------
         with m.Elif(pop & hdr):
-            with m.If(head.bad_tag):
-                fail(DecodeError.BAD_TAG)
-            with m.Elif(head.bad_count):
-                fail(DecodeError.BAD_COUNT)
-            with m.Elif(head.hdr_pad):
-                fail(DecodeError.PADDING)
-            with m.Else():
-                def header_ok():
-                    with m.If(head.cnt_zero):
-                        m.d.sync += out.valid.eq(1)          # the group's `empty` row
-                        finish_group()
-                    with m.Else():
-                        m.d.sync += [remaining.eq(head.row), rem_one.eq(head.cnt_one),
-                                     first_rec.eq(1)]
-                        set_state(_State.RECORD)
-                check_last(head.cnt_zero & final_group, header_ok)
+            def header_ok():
+                with m.If(head.cnt_zero):
+                    m.d.sync += out.valid.eq(1)          # the group's `empty` row
+                    finish_group()
+                with m.Else():
+                    m.d.sync += [remaining.eq(head.row), rem_one.eq(head.cnt_one),
+                                 first_rec.eq(1)]
+                    set_state(_State.RECORD)
+            first_failure([(head.bad_tag, DecodeError.BAD_TAG),
+                           (head.bad_count, DecodeError.BAD_COUNT),
+                           (head.hdr_pad, DecodeError.PADDING)],
+                          lambda: check_last(head.cnt_zero & final_group, header_ok))
 
         # ---- a record slot ----------------------------------------------------------
         with m.Elif(pop):
-            with m.If(head.bad_range):
-                fail(DecodeError.ROW_RANGE)
-            with m.Elif(~first_rec & head.le_prev):
-                fail(DecodeError.ROW_ORDER)
-            with m.Elif(head.bad_code):
-                fail(DecodeError.BAD_CODE)
-            with m.Elif(head.rec_pad):
-                fail(DecodeError.PADDING)
-            with m.Else():
-                def record_ok():
-                    m.d.sync += [out.valid.eq(1), first_rec.eq(0),
-                                 remaining.eq(remaining - 1), rem_one.eq(remaining == 2)]
-                    with m.If(rem_one):
-                        finish_group()
-                check_last(rem_one & final_group, record_ok)
+            def record_ok():
+                m.d.sync += [out.valid.eq(1), first_rec.eq(0),
+                             remaining.eq(remaining - 1), rem_one.eq(remaining == 2)]
+                with m.If(rem_one):
+                    finish_group()
+            first_failure([(head.bad_range, DecodeError.ROW_RANGE),
+                           (~first_rec & head.le_prev, DecodeError.ROW_ORDER),
+                           (head.bad_code, DecodeError.BAD_CODE),
+                           (head.rec_pad, DecodeError.PADDING)],
+                          lambda: check_last(rem_one & final_group, record_ok))
         return m
 
 
