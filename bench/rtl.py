@@ -240,7 +240,7 @@ def run(ctx: Context) -> SectionOutput:
                         "vs_full_rate": min(r["cycles"]) / max(1, min(
                             data["kinds"]["sd"]["runs"][f"net_b{b}"]["cycles"])),
                         "outputs_compared": r["compared"]}
-                    for b, r in ((int(k[5:]), r) for k, r in data["rebuild_runs"].items())}}
+                    for b, r in ((r["batch"], r) for r in data["rebuild_runs"].values())}}
     values["weight_memory_ratio"] = sd["weight_bits"]["total"] / dense["weight_bits"]["total"]
     values["weight_memory_ratio_no_quant"] = (
         (sd["weight_bits"]["total"] - sd["weight_bits"].get("quant", 0))

@@ -229,12 +229,13 @@ def _variant_note(blocks) -> str:
         if alt is None:
             continue
         how = ", ".join(f"{k}={v}" for k, v in changes.items())
-        notes.append(
-            f"; blocks alone: {full[0]:.3f} at one row per cycle, " if full else "; ")
         notes.append(f"{alt[0]:.3f} with {how} (basis array {alt[1][name]} LUT; layers whose "
                      f"tile has fewer output positions than {changes.get('rebuild_cycles', 1)}, "
                      f"such as a fully connected layer at batch 1, become rebuild-bound)")
-    return "".join(notes)
+    if not notes:
+        return ""
+    head = f"; blocks alone: {full[0]:.3f} at one row per cycle, " if full else "; "
+    return head + ", ".join(notes)
 
 
 #: Static part of docs/fpga.md: commands and where things are.

@@ -80,7 +80,8 @@ def test_rtl_section_on_synthetic_runs(tmp_path, monkeypatch):
                                                       "total": 210}}},
         # the time-multiplexed rebuild: layer b rebuild-bound at batch 1
         "rebuild_variant": 4,
-        "rebuild_runs": {"net_b1": run([100 + fill0 + 5, 200], ideal), "net_b4": sd_run}}
+        "rebuild_runs": {"net_b1": run([100 + fill0 + 5, 200], ideal),
+                         "net_b4": {**sd_run, "batch": 4}}}
     monkeypatch.setattr(rtl, "sim_speed", lambda ctx: None)
     out = rtl.run(ctx)
     variant = out.values["rebuild_variant"]
